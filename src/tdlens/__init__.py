@@ -1,0 +1,77 @@
+"""tdlens: interpretability for any PyTorch model.
+
+Public names are imported on first use, so ``import tdlens`` costs no more than torch.
+
+Example:
+    >>> import tdlens
+    >>> ig = tdlens.IntegratedGradients(model)
+    >>> attrs = ig.attribute(x, targets=[3, 7, 9])      # [B, 3, *x.shape[1:]]
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "Saliency": "tdlens.attribution.gradient",
+    "InputXGradient": "tdlens.attribution.gradient",
+    "IntegratedGradients": "tdlens.attribution.gradient",
+    "Attribution": "tdlens.attribution.base",
+    "Target": "tdlens.core.targets",
+    "Scope": "tdlens.core.hooks",
+    "ModulePath": "tdlens.core.paths",
+    "resolve_paths": "tdlens.core.paths",
+    "TdlensError": "tdlens.core.errors",
+    # gradient family (issue 3)
+    "NoiseTunnel": "tdlens.attribution.noise",
+    "SmoothGrad": "tdlens.attribution.noise",
+    "GradientShap": "tdlens.attribution.shap",
+    "DeepLift": "tdlens.attribution.deeplift",
+    "DeepLiftShap": "tdlens.attribution.deeplift",
+    "GuidedBackprop": "tdlens.attribution.guided",
+    "Deconvolution": "tdlens.attribution.guided",
+    "GradCam": "tdlens.attribution.cam",
+    "GuidedGradCam": "tdlens.attribution.cam",
+    "Conductance": "tdlens.attribution.conductance",
+    "ActivationMaximisation": "tdlens.attribution.maximisation",
+    # perturbation family (issue 4)
+    "FeatureAblation": "tdlens.attribution.perturbation",
+    "Occlusion": "tdlens.attribution.perturbation",
+    "FeaturePermutation": "tdlens.attribution.perturbation",
+    "ShapleyValues": "tdlens.attribution.perturbation",
+    "ShapleyValueSampling": "tdlens.attribution.perturbation",
+    "KernelShap": "tdlens.attribution.perturbation",
+    "Lime": "tdlens.attribution.perturbation",
+    "Sobol": "tdlens.attribution.perturbation",
+}
+
+# Subpackages reachable as attributes (``tdlens.metrics.infidelity``), imported on first use.
+_SUBMODULES = ("metrics", "attribution", "core", "viz")
+
+__all__ = sorted(_PUBLIC)
+
+if TYPE_CHECKING:
+    from .attribution.base import Attribution
+    from .attribution.gradient import InputXGradient, IntegratedGradients, Saliency
+    from .core.errors import TdlensError
+    from .core.hooks import Scope
+    from .core.paths import ModulePath, resolve_paths
+    from .core.targets import Target
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tdlens.{name}")
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tdlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,167 @@
+"""What every attribution method shares: constructor defaults, input and target handling, and
+the layout of results.
+
+A method subclasses :class:`Attribution` and writes ``attribute`` with captum's positional
+arguments followed by tdlens's keyword-only ones (``targets``, ``output``, ``layer``,
+``keys``). Options given to the constructor become defaults of every call; the call's own
+value wins.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from ..core.adapter import parse_layers
+from ..core.errors import InputError, InputTypeError, format_keys
+from ..core.paths import ModulePath
+from ..core.structure import InputBatch
+from ..core.targets import Target, normalize_targets
+
+F = TypeVar("F", bound=Callable[..., Any])
+_CONSTRUCTOR_ONLY = ("layer", "output")
+
+
+def with_defaults(method: F) -> F:
+    """Fill the arguments a call leaves out from the constructor's defaults."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: Attribution, *args: Any, **kwargs: Any) -> Any:
+        if self.defaults:
+            bound = signature.bind_partial(self, *args, **kwargs).arguments
+            kwargs.update({k: v for k, v in self.defaults.items() if k not in bound})
+        return method(self, *args, **kwargs)
+
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+class Attribution:
+    """Base of the attribution methods.
+
+    Args:
+        model: any ``nn.Module`` (or callable, when no module path is used).
+        layer: attribute to this module's output (``"path:input"``: its input) instead of the
+            model inputs; a list or a glob gives one result per layer.
+        output: which model output to explain (index, key) or a module path to explain an
+            internal activation (neuron attribution with ``target`` picking the neuron).
+        **defaults: default values of ``attribute()`` options.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[..., Any],
+        *,
+        layer: Any = None,
+        output: Any = None,
+        **defaults: Any,
+    ) -> None:
+        if not callable(model):
+            raise InputTypeError(f"{type(self).__name__} needs a model, got {type(model).__name__}")
+        options = [
+            name
+            for name, p in inspect.signature(type(self).attribute).parameters.items()
+            if name not in ("self", "inputs") and p.kind is not p.VAR_KEYWORD
+        ]
+        unknown = [k for k in defaults if k not in options]
+        if unknown:
+            raise InputError(
+                f"{type(self).__name__}() got unknown option(s) {format_keys(unknown)}; "
+                f"options of attribute() are {format_keys(options)}"
+            )
+        self.model = model
+        self.layer = layer
+        self.output = output
+        self.defaults = defaults
+
+    attribute: Callable[..., Any]
+
+    # -- shared steps --------------------------------------------------------------------------
+    def _module(self) -> nn.Module:
+        if not isinstance(self.model, nn.Module):
+            raise InputTypeError(
+                f"module paths need an nn.Module model, got {type(self.model).__name__}"
+            )
+        return self.model
+
+    def _prepare(
+        self,
+        inputs: Any,
+        target: Any,
+        targets: Any,
+        output: Any,
+        layer: Any,
+        keys: Any,
+        additional_forward_args: Any,
+        require_float: bool = True,
+    ) -> tuple[InputBatch, list[Target], bool, list[ModulePath]]:
+        """Check everything that can be checked before any forward pass."""
+        batch = InputBatch.build(
+            inputs,
+            keys=keys,
+            additional_forward_args=additional_forward_args,
+            require_float=require_float,
+        )
+        batch.check_finite()
+        output = output if output is not None else self.output
+        target_list, multi = normalize_targets(target, targets, output, batch.batch_size)
+        layer = layer if layer is not None else self.layer
+        layers = parse_layers(self._module(), layer) if layer is not None else []
+        if any(t.output is not None and not isinstance(t.output, int) for t in target_list):
+            self._module()
+        return batch, target_list, multi, layers
+
+    def _baselines(self, batch: InputBatch, baselines: Any) -> dict[Any, Tensor]:
+        """Baselines per attributed input, expanded to its shape (default zeros)."""
+        result = {}
+        for key, base in batch.per_key(baselines, "baselines").items():
+            x = batch.leaves[key]
+            if base is None:
+                result[key] = torch.zeros_like(x)
+                continue
+            if not isinstance(base, Tensor):
+                result[key] = torch.full_like(x, float(base))
+                continue
+            try:
+                shape = torch.broadcast_shapes(base.shape, x.shape)
+            except RuntimeError:
+                shape = None
+            if shape != x.shape:
+                raise InputError(
+                    f"baselines for input {key!r} have shape {list(base.shape)}, which does not "
+                    f"broadcast to the input's shape {list(x.shape)}; give a number, a tensor of "
+                    f"the input's shape, or one of shape {[1, *x.shape[1:]]}"
+                )
+            result[key] = base.to(dtype=x.dtype, device=x.device).expand_as(x)
+        return result
+
+    def _layout(
+        self,
+        batch: InputBatch,
+        per_site: dict[Any, Tensor],
+        multi: bool,
+        layers: list[ModulePath],
+        layer_arg: Any,
+    ) -> Any:
+        """``[B, K, ...]`` results per site in the user's structure; K dropped for one target."""
+        if not multi:
+            per_site = {site: value[:, 0] for site, value in per_site.items()}
+        if not layers:
+            return batch.pack(per_site, extra_dims=int(multi))
+        if (
+            len(layers) == 1
+            and isinstance(layer_arg, (str, ModulePath))
+            and "*" not in str(layer_arg)
+        ):
+            return per_site[layers[0]]
+        return {str(path): per_site[path] for path in layers}
+
+
+def layer_argument(self: Attribution, layer: Any) -> Any:
+    return layer if layer is not None else self.layer

@@ -1,0 +1,1 @@
+"""Keys and module paths, scoped hooks, the model adapter and targets."""

@@ -1,0 +1,190 @@
+"""The model adapter: run any model on rows of a batch and return what the targets explain.
+
+It turns each target's ``output`` into either an entry of the model's output (tuple index,
+dict key, ModelOutput field, TensorDict key) or a module path whose activation is explained
+(captum's Neuron* methods). It also hooks the ``layer`` sites that layer attribution
+differentiates against: observed, cut from the graph above them, or replaced by given values.
+When every explained value is an internal activation, the forward pass stops as soon as all of
+them are computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from .errors import InputError, InputTypeError
+from .hooks import HookSet
+from .outputs import read_output
+from .paths import ModulePath, parse_path, resolve_paths
+from .structure import InputBatch, Key
+from .targets import Target
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once everything needed is computed; never escapes the adapter."""
+
+
+OutputSpec = tuple[str, Any]  # ("model", key) or ("module", ModulePath)
+
+
+def output_spec(model: nn.Module, output: Any) -> OutputSpec:
+    """Whether ``output`` names an entry of the model's output or a module path."""
+    if output is None or isinstance(output, (int, tuple)):
+        return ("model", output)
+    if isinstance(output, ModulePath):
+        return ("module", resolve_paths(model, output)[0])
+    if isinstance(output, str):
+        names = {name for name, _ in model.named_modules()}
+        if ":" in output or "[" in output or output.split("[")[0] in names - {""}:
+            paths = resolve_paths(model, output)
+            if len(paths) != 1:
+                raise InputError(f"output={output!r} matches {len(paths)} modules; name one")
+            return ("module", paths[0])
+        return ("model", output)
+    raise InputTypeError(
+        f"output= takes an index, a key or a module path, got {type(output).__name__}"
+    )
+
+
+def spec_name(spec: OutputSpec) -> str:
+    kind, key = spec
+    if kind == "module":
+        return f"'{key}' (module activation)"
+    return "of the model" if key is None else repr(key)
+
+
+class ModelAdapter:
+    """Calls ``model`` on keyed leaves, with hooks for targets' module outputs and layer sites.
+
+    Use as a context manager: hooks exist only inside it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: InputBatch,
+        targets: list[Target],
+        layers: list[ModulePath] | None = None,
+    ) -> None:
+        self.model = model
+        self.batch = batch
+        self.specs = [output_spec(model, t.output) for t in targets]
+        self.layers = list(layers or [])
+        self._module_specs = sorted({s for s in self.specs if s[0] == "module"}, key=str)
+        self._needs_model_output = any(s[0] == "model" for s in self.specs)
+        self._hooks = HookSet()
+        self._captured: dict[ModulePath, Any] = {}
+        self._layer_values: dict[ModulePath, Tensor] = {}
+        self._layer_mode = "observe"
+        self._replacements: dict[ModulePath, Tensor] = {}
+
+    def __enter__(self) -> ModelAdapter:
+        for _, path in self._module_specs:
+            self._hooks.on_site(self.model, path, lambda v, p=path: self._capture(p, v))
+        for path in self.layers:
+            self._hooks.on_site(self.model, path, lambda v, p=path: self._layer(p, v))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.close()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _capture(self, path: ModulePath, value: Any) -> None:
+        self._captured[path] = value
+        self._maybe_stop()
+
+    def _layer(self, path: ModulePath, value: Any) -> Any:
+        if path in self._layer_values:
+            raise InputError(
+                f"layer {str(path)!r} ran more than once in one forward pass; layer attribution "
+                "needs a module that runs once (give each use its own module)"
+            )
+        if not isinstance(value, Tensor):
+            raise InputTypeError(
+                f"layer {str(path)!r} holds {type(value).__name__}, not a tensor; pick a tensor "
+                f"with a selector, e.g. '{path.module}:{path.site}[0]'"
+            )
+        if self._layer_mode == "replace":
+            new = self._replacements[path]
+            if new.shape != value.shape:
+                raise InputError(
+                    f"layer {str(path)!r}: replacement of shape {list(new.shape)} for an "
+                    f"activation of shape {list(value.shape)}"
+                )
+        elif self._layer_mode == "leaf":
+            new = value.detach().requires_grad_()
+        else:
+            new = None
+        self._layer_values[path] = value.detach() if new is None else new
+        self._maybe_stop()
+        return new
+
+    def _maybe_stop(self) -> None:
+        if (
+            not self._needs_model_output
+            and len(self._captured) == len(self._module_specs)
+            and len(self._layer_values) == len(self.layers)
+        ):
+            raise _StopForward
+
+    # -- running -------------------------------------------------------------------------------
+    def run(
+        self,
+        values: dict[Key, Any],
+        *,
+        layer_mode: str = "observe",
+        replacements: dict[ModulePath, Tensor] | None = None,
+    ) -> tuple[list[Tensor], dict[ModulePath, Tensor]]:
+        """One forward pass on ``values``.
+
+        Args:
+            values: every input leaf, for the rows of this pass.
+            layer_mode: what layer hooks do: ``"observe"`` (record, detached), ``"leaf"``
+                (replace by a detached copy that requires grad: gradients stop there), or
+                ``"replace"`` (substitute ``replacements``).
+
+        Returns:
+            The explained value of each target (``[N, ...]``, one per target, shared objects
+            for targets with the same output) and the layer values of this pass.
+        """
+        self._captured = {}
+        self._layer_values = {}
+        self._layer_mode = layer_mode
+        self._replacements = replacements or {}
+        output = None
+        try:
+            output = self.batch.call(self.model, values)
+        except _StopForward:
+            pass
+        explained: dict[OutputSpec, Tensor] = {}
+        for spec in self.specs:
+            if spec in explained:
+                continue
+            kind, key = spec
+            if kind == "model":
+                explained[spec] = read_output(output, key, self.model)
+            else:
+                if spec not in self._captured and key not in self._captured:
+                    raise InputError(f"module {str(key)!r} did not run in the forward pass")
+                value = self._captured[key]
+                if not isinstance(value, Tensor):
+                    raise InputTypeError(
+                        f"output={str(key)!r} is {type(value).__name__}, not a tensor; select "
+                        f"one with '{key.module}:{key.site}[0]'"
+                    )
+                explained[spec] = value
+        missing = [p for p in self.layers if p not in self._layer_values]
+        if missing:
+            raise InputError(f"layer {str(missing[0])!r} did not run in the forward pass")
+        return [explained[s] for s in self.specs], dict(self._layer_values)
+
+
+def parse_layers(model: nn.Module, layer: Any) -> list[ModulePath]:
+    """``layer=`` as a list of resolved paths (a string, a list of strings, globs)."""
+    if layer is None:
+        return []
+    if isinstance(layer, (str, ModulePath)):
+        return resolve_paths(model, parse_path(layer))
+    return resolve_paths(model, list(layer))

@@ -1,0 +1,170 @@
+"""Module paths: address any submodule, its input or its output, and a part of either.
+
+A path is the module's name as ``model.named_modules()`` prints it, optionally followed by a
+site and selectors::
+
+    "encoder.layer.3.attention"            # the module's output (the default site)
+    "encoder.layer.3.attention:input"      # its first positional input
+    "encoder.layer.3:output[0]"            # element 0 of a tuple output
+    "encoder:output[last_hidden_state]"    # a key of a dict or ModelOutput output
+    "blocks.*.mlp"                         # glob: ``*`` is one name component, ``**`` any
+    ""                                     # the model itself
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .errors import InputError, KeyNotFoundError, closest, format_keys
+
+Selector = tuple[int | str, ...]
+_SELECTOR = re.compile(r"\[([^\[\]]+)\]")
+
+
+@dataclass(frozen=True)
+class ModulePath:
+    """A parsed module path: which module, which site (input/output), which part of it."""
+
+    module: str
+    site: str = "output"
+    selector: Selector = ()
+
+    def __str__(self) -> str:
+        text = (
+            self.module
+            if self.site == "output" and not self.selector
+            else (f"{self.module}:{self.site}")
+        )
+        return text + "".join(f"[{s}]" for s in self.selector)
+
+    @property
+    def is_glob(self) -> bool:
+        return "*" in self.module
+
+
+def parse_path(text: str | ModulePath) -> ModulePath:
+    """Parse ``"module.name:site[sel][sel]"``; the site defaults to ``output``."""
+    if isinstance(text, ModulePath):
+        return text
+    if not isinstance(text, str):
+        raise InputError(f"a module path is a string such as 'encoder.layer.0', got {text!r}")
+    head, _, rest = text.partition("[")
+    selector_text = "[" + rest if rest else ""
+    module, _, site = head.partition(":")
+    site = site or "output"
+    if site not in ("output", "input"):
+        raise InputError(
+            f"module path {text!r}: the site after ':' must be 'input' or 'output', got {site!r}"
+        )
+    parts = _SELECTOR.findall(selector_text)
+    if "".join(f"[{p}]" for p in parts) != selector_text:
+        raise InputError(
+            f"module path {text!r}: selectors are written [0] or [key] after the path, "
+            "e.g. 'layer:output[0]'"
+        )
+    selector = tuple(int(p) if re.fullmatch(r"-?\d+", p) else p.strip("'\"") for p in parts)
+    return ModulePath(module, site, selector)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    escaped = re.escape(pattern).replace(r"\*\*", ".*").replace(r"\*", r"[^.]*")
+    return re.compile(escaped + r"\Z")
+
+
+def resolve_paths(
+    model: nn.Module, paths: str | ModulePath | Iterable[str | ModulePath]
+) -> list[ModulePath]:
+    """Parse paths and expand globs against ``model.named_modules()``, in module order.
+
+    Raises:
+        KeyNotFoundError: a path or pattern matches no module; the message lists the closest.
+    """
+    if isinstance(paths, (str, ModulePath)):
+        paths = [paths]
+    names = [name for name, _ in model.named_modules()]
+    known = set(names)
+    resolved: list[ModulePath] = []
+    for raw in paths:
+        path = parse_path(raw)
+        if path.is_glob:
+            regex = _glob_regex(path.module)
+            matches = [n for n in names if regex.match(n)]
+            if not matches:
+                raise KeyNotFoundError(
+                    f"module pattern {path.module!r} matches no module of "
+                    f"{type(model).__name__}; some paths: {format_keys(names[1:], 12)}"
+                )
+            resolved += [ModulePath(n, path.site, path.selector) for n in matches]
+        elif path.module not in known:
+            near = closest(path.module, names[1:])
+            hint = (
+                f"did you mean {format_keys(near)}?"
+                if near
+                else (f"its modules are {format_keys(names[1:], 12)}")
+            )
+            raise KeyNotFoundError(
+                f"{type(model).__name__} has no submodule {path.module!r}; {hint}"
+            )
+        else:
+            resolved.append(path)
+    return resolved
+
+
+def get_module(model: nn.Module, path: ModulePath) -> nn.Module:
+    """The submodule a (resolved) path names; the model itself for ``""``."""
+    return model.get_submodule(path.module) if path.module else model
+
+
+def get_in(value: Any, selector: Selector, where: str = "value") -> Any:
+    """``value[s0][s1]...``, with an error that lists what exists."""
+    for key in selector:
+        try:
+            if (
+                isinstance(key, int)
+                and isinstance(value, Mapping)
+                and not hasattr(value, "to_tuple")
+            ):
+                value = list(value.values())[key]
+            else:
+                value = value[key]
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise KeyNotFoundError(
+                f"{where} has no entry [{key!r}]; it is {describe(value)}"
+            ) from None
+    return value
+
+
+def set_in(value: Any, selector: Selector, new: Any) -> Any:
+    """A copy of ``value`` with ``value[s0][s1]...`` replaced by ``new``; containers are rebuilt."""
+    if not selector:
+        return new
+    key, rest = selector[0], selector[1:]
+    if isinstance(value, (tuple, list)):
+        items = list(value)
+        items[key] = set_in(items[key], rest, new)  # type: ignore[index]
+        return type(value)(items) if type(value) in (tuple, list) else type(value)(*items)
+    if isinstance(value, Mapping) or hasattr(value, "keys"):
+        copy = value.copy() if hasattr(value, "copy") else dict(value)
+        if isinstance(key, int):
+            key = list(value.keys())[key]
+        copy[key] = set_in(value[key], rest, new)
+        return copy
+    raise InputError(f"cannot select [{key!r}] in {describe(value)}")
+
+
+def describe(value: Any) -> str:
+    """A short description of a value for error messages: type, shape, keys."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"a tensor of shape {list(value.shape)} ({value.dtype})"
+    if isinstance(value, (tuple, list)):
+        return (
+            f"a {type(value).__name__} of {len(value)}: [{', '.join(describe(v) for v in value)}]"
+        )
+    if hasattr(value, "keys"):
+        return f"a {type(value).__name__} with keys {format_keys(value.keys())}"
+    return f"a {type(value).__name__}"

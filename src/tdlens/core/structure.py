@@ -1,0 +1,291 @@
+"""The model adapter's input side: any input structure as keyed leaves, and the way back.
+
+Users pass a tensor, a tuple (positional arguments), a dict (keyword arguments) or a
+``TensorDict``. :class:`InputBatch` flattens them to ``{key: leaf}`` (keys are positions,
+names, or tuples for nested TensorDict entries), knows which leaves are attributed, calls the
+model on replacement leaves, and packs per-key results back into the user's structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import InputError, InputTypeError, KeyNotFoundError, format_keys
+from .lazy import is_tensordict, is_tensordict_module
+
+Key = Any  # int (position), str (keyword) or tuple[str, ...] (nested TensorDict key)
+
+
+class InputBatch:
+    """User inputs as keyed leaves: which are attributed, the batch size, and how to call.
+
+    Attributes:
+        kind: ``"tensor"``, ``"tuple"``, ``"dict"`` or ``"tensordict"``.
+        leaves: every entry of the inputs, attributed or passed through.
+        attributed: the keys attributed, in input order.
+        batch_size: B, the size of the first dimension of every attributed leaf.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        leaves: dict[Key, Any],
+        attributed: Sequence[Key],
+        batch_size: int,
+        td_batch_shape: torch.Size | None = None,
+        n_positional: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.leaves = leaves
+        self.attributed = tuple(attributed)
+        self.batch_size = batch_size
+        self._td_batch_shape = td_batch_shape
+        self._n_positional = n_positional
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        inputs: Any,
+        *,
+        keys: Any = None,
+        additional_forward_args: Any = None,
+        require_float: bool = True,
+    ) -> InputBatch:
+        """Flatten ``inputs`` and check the attributed leaves.
+
+        Args:
+            inputs: a tensor, tuple, dict or TensorDict.
+            keys: the keys to attribute; by default every floating-point tensor leaf.
+            additional_forward_args: captum's extra positional arguments, passed through.
+            require_float: gradient methods need floating-point attributed leaves.
+        """
+        if isinstance(inputs, Tensor):
+            kind, leaves = "tensor", {0: inputs}
+        elif is_tensordict(inputs):
+            kind = "tensordict"
+            leaves = dict(inputs.items(include_nested=True, leaves_only=True))
+        elif isinstance(inputs, Mapping):
+            kind, leaves = "dict", dict(inputs)
+        elif isinstance(inputs, (tuple, list)):
+            kind, leaves = "tuple", dict(enumerate(inputs))
+        else:
+            raise InputTypeError(
+                f"inputs must be a tensor, a tuple of tensors (positional arguments), a dict "
+                f"(keyword arguments) or a TensorDict; got {type(inputs).__name__}"
+            )
+        if not leaves:
+            raise InputError("inputs are empty: pass at least one tensor to attribute")
+        n_positional = len(leaves) if kind in ("tensor", "tuple") else 0
+        if additional_forward_args is not None:
+            if kind not in ("tensor", "tuple"):
+                raise InputError(
+                    "additional_forward_args goes with tensor or tuple inputs; with dict or "
+                    "TensorDict inputs put the extra arguments in the dict: non-float entries "
+                    "and entries not named in keys= are passed to the model unchanged"
+                )
+            extra = (
+                additional_forward_args
+                if isinstance(additional_forward_args, tuple)
+                else (additional_forward_args,)
+            )
+            kind = "tuple" if kind == "tuple" or extra else kind
+            start = len(leaves)
+            leaves.update({start + i: v for i, v in enumerate(extra)})
+            if keys is None:
+                keys = [k for k in range(start) if _is_float(leaves[k])]
+        attributed = cls._attributed_keys(kind, leaves, keys, require_float)
+        batch_size = cls._batch_size(inputs, kind, leaves, attributed)
+        td_shape = inputs.batch_size if kind == "tensordict" else None
+        batch = cls(kind, leaves, attributed, batch_size, td_shape, n_positional)
+        batch._single = kind == "tensor" or (  # type: ignore[attr-defined]
+            isinstance(inputs, Tensor) and additional_forward_args is not None
+        )
+        return batch
+
+    @staticmethod
+    def _attributed_keys(
+        kind: str, leaves: dict[Key, Any], keys: Any, require_float: bool
+    ) -> list[Key]:
+        if keys is None:
+            chosen = [k for k, v in leaves.items() if _is_float(v)]
+            if not chosen:
+                raise InputError(
+                    f"no floating-point input to attribute: the inputs are "
+                    f"{_describe_leaves(leaves)}; name the keys to attribute with keys=[...] "
+                    "(integer inputs such as token ids take a layer= on their embedding instead)"
+                )
+            return chosen
+        if isinstance(keys, (str, int)) or (kind == "tensordict" and isinstance(keys, tuple)):
+            keys = [keys]
+        chosen = []
+        for key in keys:
+            if key not in leaves:
+                raise KeyNotFoundError(
+                    f"keys= names {key!r}, which is not an input; the inputs are "
+                    f"{format_keys(leaves)}"
+                )
+            value = leaves[key]
+            if not isinstance(value, Tensor):
+                raise InputTypeError(f"input {key!r} is a {type(value).__name__}, not a tensor")
+            if require_float and not value.is_floating_point():
+                raise InputTypeError(
+                    f"input {key!r} has dtype {value.dtype}: gradients need a floating-point "
+                    "input. Cast it to float if it is continuous, or attribute to the output of "
+                    "the layer that embeds it with layer='<embedding module path>'"
+                )
+            chosen.append(key)
+        return chosen
+
+    @staticmethod
+    def _batch_size(inputs: Any, kind: str, leaves: dict[Key, Any], attributed: list[Key]) -> int:
+        if kind == "tensordict":
+            if inputs.batch_dims == 0:
+                raise InputError(
+                    "a TensorDict input needs a batch dimension: build it with "
+                    "batch_size=[B] (got batch_size=[])"
+                )
+            return int(inputs.batch_size[0])
+        sizes = {k: leaves[k].shape[0] if leaves[k].dim() else None for k in attributed}
+        if None in sizes.values():
+            scalar = [k for k, s in sizes.items() if s is None]
+            raise InputError(
+                f"input {scalar[0]!r} is a 0-dim tensor; attributed inputs need a batch "
+                "dimension first (use x.unsqueeze(0) for a single example)"
+            )
+        if len(set(sizes.values())) > 1:
+            shapes = ", ".join(f"{k!r}: {list(leaves[k].shape)}" for k in attributed)
+            raise InputError(
+                f"attributed inputs disagree on the batch size (first dimension): {shapes}"
+            )
+        return int(next(iter(sizes.values())))
+
+    # -- checks --------------------------------------------------------------------------------
+    def check_finite(self) -> None:
+        """Raise if an attributed input holds NaN (or inf): attributions would be NaN."""
+        for key in self.attributed:
+            value = self.leaves[key]
+            if value.is_floating_point() or value.is_complex():
+                bad = ~torch.isfinite(value)
+                if bad.any():
+                    what = "NaN" if torch.isnan(value).any() else "inf"
+                    rows = sorted({int(i) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero()})
+                    raise InputError(
+                        f"input {key!r} contains {what} ({int(bad.sum())} entries, in examples "
+                        f"{rows[:10]}); attributions of such inputs are {what} too. Clean or mask "
+                        "them before attributing"
+                    )
+
+    # -- per-key values ------------------------------------------------------------------------
+    def per_key(self, value: Any, name: str) -> dict[Key, Any]:
+        """Spread a per-input option (``baselines``...) over the attributed keys.
+
+        A scalar or single tensor applies to every attributed input; a tuple follows the
+        attributed inputs (or all positional inputs); a dict or TensorDict is looked up by key.
+        """
+        if value is None or isinstance(value, (int, float)):
+            return dict.fromkeys(self.attributed, value)
+        if isinstance(value, Tensor) and (len(self.attributed) == 1 or value.dim() == 0):
+            return dict.fromkeys(self.attributed, value)
+        if isinstance(value, Tensor):
+            raise InputError(
+                f"{name} is one tensor but {len(self.attributed)} inputs are attributed "
+                f"({format_keys(self.attributed)}); pass a tuple or dict with one {name} entry each"
+            )
+        if is_tensordict(value) or isinstance(value, Mapping):
+            missing = (
+                [k for k in self.attributed if k not in value.keys(include_nested=True)]
+                if (is_tensordict(value))
+                else [k for k in self.attributed if k not in value]
+            )
+            if missing:
+                raise KeyNotFoundError(
+                    f"{name} has no entry for input(s) {format_keys(missing)}; it has "
+                    f"{format_keys(value.keys())}"
+                )
+            return {k: value[k] for k in self.attributed}
+        if isinstance(value, (tuple, list)):
+            if len(value) == len(self.attributed):
+                return dict(zip(self.attributed, value))
+            if self._n_positional and len(value) == self._n_positional:
+                return {k: value[k] for k in self.attributed}
+            raise InputError(
+                f"{name} has {len(value)} entries but {len(self.attributed)} inputs are "
+                f"attributed ({format_keys(self.attributed)})"
+            )
+        raise InputTypeError(f"{name} must be a number, tensor, tuple or dict, got {type(value)}")
+
+    # -- calling -------------------------------------------------------------------------------
+    def take_rows(self, rows: Tensor) -> dict[Key, Any]:
+        """Every leaf at the given example indices (pass-through leaves included)."""
+        out = {}
+        for key, value in self.leaves.items():
+            if self._has_batch_dim(key, value):
+                out[key] = value.index_select(0, rows.to(value.device))
+            else:
+                out[key] = value
+        return out
+
+    def _has_batch_dim(self, key: Key, value: Any) -> bool:
+        if not isinstance(value, Tensor) or value.dim() == 0:
+            return False
+        return self.kind == "tensordict" or value.shape[0] == self.batch_size
+
+    def call(self, model: Callable[..., Any], values: dict[Key, Any]) -> Any:
+        """Call ``model`` on ``values`` laid out as the user's inputs were."""
+        if self.kind in ("tensor", "tuple"):
+            return model(*(values[k] for k in sorted(values)))
+        if self.kind == "dict":
+            return model(**values)
+        td = self.make_tensordict(values)
+        if is_tensordict_module(model):
+            return model(td)
+        return model(**{k: td.get(k) for k in td.keys()})
+
+    def make_tensordict(self, values: dict[Key, Any]) -> Any:
+        from tensordict import TensorDict
+
+        rows = next(v.shape[0] for v in values.values() if isinstance(v, Tensor) and v.dim())
+        shape = torch.Size([rows, *(self._td_batch_shape or ())[1:]])
+        td = TensorDict({}, batch_size=shape)
+        for key, value in values.items():
+            if isinstance(value, Tensor):
+                td.set(key, value)
+            else:
+                td.set_non_tensor(key, getattr(value, "data", value))
+        return td
+
+    # -- results -------------------------------------------------------------------------------
+    def pack(self, per_key: dict[Key, Tensor], extra_dims: int = 0) -> Any:
+        """Per-key results (``[B, *extra, *leaf_shape[1:]]``) in the user's input structure."""
+        if getattr(self, "_single", False):
+            return per_key[self.attributed[0]]
+        if self.kind == "tuple":
+            return tuple(per_key[k] for k in self.attributed)
+        if self.kind == "dict":
+            return {k: per_key[k] for k in self.attributed}
+        from tensordict import TensorDict
+
+        first = per_key[self.attributed[0]]
+        td = TensorDict({}, batch_size=first.shape[: 1 + extra_dims])
+        for key in self.attributed:
+            td.set(key, per_key[key])
+        return td
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.is_floating_point()
+
+
+def _describe_leaves(leaves: dict[Key, Any]) -> str:
+    parts = []
+    for key, value in leaves.items():
+        if isinstance(value, Tensor):
+            parts.append(f"{key!r}: {value.dtype} {list(value.shape)}")
+        else:
+            parts.append(f"{key!r}: {type(value).__name__}")
+    return "{" + ", ".join(parts) + "}"
