@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -52,14 +52,6 @@ _PUBLIC = {
 _SUBMODULES = ("metrics", "attribution", "core", "viz")
 
 __all__ = sorted(_PUBLIC)
-
-if TYPE_CHECKING:
-    from .attribution.base import Attribution
-    from .attribution.gradient import InputXGradient, IntegratedGradients, Saliency
-    from .core.errors import TdlensError
-    from .core.hooks import Scope
-    from .core.paths import ModulePath, resolve_paths
-    from .core.targets import Target
 
 
 def __getattr__(name: str) -> Any:
