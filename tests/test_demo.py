@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-import tdlens  # noqa: E402
-from tdlens import cli, demo  # noqa: E402
+import tdlens
+from tdlens import cli, demo
 
 N_EXAMPLES = 4
 IG_STEPS = 16
@@ -83,6 +83,8 @@ def test_cache_key_follows_the_settings() -> None:
 def test_default_cache_dir_honours_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert demo.default_cache_dir() == tmp_path / "tdlens"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # the XDG spec ignores those
+    assert demo.default_cache_dir() == Path.home() / ".cache" / "tdlens"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert demo.default_cache_dir() == Path.home() / ".cache" / "tdlens"
 

@@ -102,19 +102,19 @@ class Attribution:
         require_float: bool = True,
     ) -> tuple[InputBatch, list[Target], bool, list[ModulePath]]:
         """Check everything that can be checked before any forward pass."""
+        layer = layer if layer is not None else self.layer
         batch = InputBatch.build(
             inputs,
             keys=keys,
             additional_forward_args=additional_forward_args,
-            require_float=require_float,
+            # with layer=, named inputs are only replaced by baselines, never differentiated
+            require_float=require_float and layer is None,
+            need_attributed=layer is None,
         )
         batch.check_finite()
         output = output if output is not None else self.output
         target_list, multi = normalize_targets(target, targets, output, batch.batch_size)
-        layer = layer if layer is not None else self.layer
         layers = parse_layers(self._module(), layer) if layer is not None else []
-        if any(t.output is not None and not isinstance(t.output, int) for t in target_list):
-            self._module()
         return batch, target_list, multi, layers
 
     def _baselines(self, batch: InputBatch, baselines: Any) -> dict[Any, Tensor]:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.errors import InputError
 from .base import Attribution, layer_argument, with_defaults
 from .engine import GradientEngine
 from .integration import quadrature
@@ -126,6 +127,13 @@ class IntegratedGradients(Attribution):
         batch, target_list, multi, layers = self._prepare(
             inputs, target, targets, output, layer, keys, additional_forward_args
         )
+        if layers and not batch.attributed:
+            raise InputError(
+                "IntegratedGradients with layer= interpolates the layer between its values at "
+                "the baselines and at the inputs, but no input is replaced by a baseline (none is "
+                "floating-point): name them with keys=, e.g. keys=['input_ids'] with "
+                "baselines={'input_ids': pad_ids} (default 0)"
+            )
         base = self._baselines(batch, baselines)
         b = batch.batch_size
         with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:

@@ -31,7 +31,7 @@ OutputSpec = tuple[str, Any]  # ("model", key) or ("module", ModulePath)
 
 def output_spec(model: nn.Module, output: Any) -> OutputSpec:
     """Whether ``output`` names an entry of the model's output or a module path."""
-    if output is None or isinstance(output, (int, tuple)):
+    if output is None or isinstance(output, (int, tuple)) or not isinstance(model, nn.Module):
         return ("model", output)
     if isinstance(output, ModulePath):
         return ("module", resolve_paths(model, output)[0])
@@ -114,7 +114,15 @@ class ModelAdapter:
                     f"activation of shape {list(value.shape)}"
                 )
         elif self._layer_mode == "leaf":
-            new = value.detach().requires_grad_()
+            # With one layer, cutting the graph there spares the backward pass everything
+            # upstream. With several, a cut would hide the later layers' paths from the earlier
+            # ones, so the graph stays whole and gradients are taken at the tensors themselves.
+            if len(self.layers) == 1 or not value.requires_grad:
+                new = value.detach().requires_grad_()
+            else:
+                self._layer_values[path] = value
+                self._maybe_stop()
+                return None
         else:
             new = None
         self._layer_values[path] = value.detach() if new is None else new

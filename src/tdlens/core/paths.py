@@ -93,7 +93,7 @@ def resolve_paths(
         path = parse_path(raw)
         if path.is_glob:
             regex = _glob_regex(path.module)
-            matches = [n for n in names if regex.match(n)]
+            matches = [n for n in names[1:] if regex.match(n)]  # never the root itself
             if not matches:
                 raise KeyNotFoundError(
                     f"module pattern {path.module!r} matches no module of "

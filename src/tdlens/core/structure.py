@@ -55,6 +55,7 @@ class InputBatch:
         keys: Any = None,
         additional_forward_args: Any = None,
         require_float: bool = True,
+        need_attributed: bool = True,
     ) -> InputBatch:
         """Flatten ``inputs`` and check the attributed leaves.
 
@@ -63,6 +64,8 @@ class InputBatch:
             keys: the keys to attribute; by default every floating-point tensor leaf.
             additional_forward_args: captum's extra positional arguments, passed through.
             require_float: gradient methods need floating-point attributed leaves.
+            need_attributed: whether at least one input must be attributed (not with
+                ``layer=``, where token ids may be all the model takes).
         """
         if isinstance(inputs, Tensor):
             kind, leaves = "tensor", {0: inputs}
@@ -98,6 +101,8 @@ class InputBatch:
             leaves.update({start + i: v for i, v in enumerate(extra)})
             if keys is None:
                 keys = [k for k in range(start) if _is_float(leaves[k])]
+        if not need_attributed and keys is None and not any(map(_is_float, leaves.values())):
+            keys = []
         attributed = cls._attributed_keys(kind, leaves, keys, require_float)
         batch_size = cls._batch_size(inputs, kind, leaves, attributed)
         td_shape = inputs.batch_size if kind == "tensordict" else None
@@ -150,6 +155,11 @@ class InputBatch:
                     "batch_size=[B] (got batch_size=[])"
                 )
             return int(inputs.batch_size[0])
+        if not attributed:  # layer attribution of integer-only inputs
+            tensors = [v for v in leaves.values() if isinstance(v, Tensor) and v.dim()]
+            if not tensors:
+                raise InputError("inputs hold no tensor with a batch dimension")
+            return int(tensors[0].shape[0])
         sizes = {k: leaves[k].shape[0] if leaves[k].dim() else None for k in attributed}
         if None in sizes.values():
             scalar = [k for k, s in sizes.items() if s is None]

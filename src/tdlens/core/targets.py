@@ -128,7 +128,7 @@ def select(values: Tensor, index: Any, examples: Tensor, name: str) -> Tensor:
     if index is None:
         if values[0].numel() != 1 if n else False:
             raise TargetError(
-                f"target=None on output {name} of shape {list(values.shape)}: pass a target "
+                f"target=None on output {name} of shape {_shape(values)}: pass a target "
                 "index (the predicted class is used only for [B, C] outputs)"
             )
         return values.reshape(n)
@@ -154,8 +154,8 @@ def select(values: Tensor, index: Any, examples: Tensor, name: str) -> Tensor:
         picked = values[(torch.arange(n, device=values.device), *rows.unbind(1))]
     if picked.dim() != 1:
         raise TargetError(
-            f"the target selects a slice of shape {list(picked.shape)} from output {name} of "
-            f"shape {list(values.shape)}; give one index per dimension after the batch "
+            f"the target selects a slice of shape {_shape(picked)} from output {name} of "
+            f"shape {_shape(values)}; give one index per dimension after the batch "
             "(e.g. a tuple), or a callable returning one value per example"
         )
     return picked
@@ -170,13 +170,13 @@ def _check_range(
         if size is None or low < -size or high >= size:
             raise TargetError(
                 f"per-example targets range over {low}..{high} but output {name} has shape "
-                f"{list(values.shape)}: valid indices are 0..{(size or 1) - 1}"
+                f"{_shape(values)}: valid indices are 0..{(size or 1) - 1}"
             )
         return
     if len(index) > values.dim() - 1:
         raise TargetError(
             f"target {index} has {len(index)} indices but output {name} of shape "
-            f"{list(values.shape)} has only {values.dim() - 1} dimension(s) after the batch"
+            f"{_shape(values)} has only {values.dim() - 1} dimension(s) after the batch"
         )
     for offset, i in enumerate(index):
         size = values.shape[1 + offset]
@@ -184,9 +184,14 @@ def _check_range(
             shown = index[0] if len(index) == 1 else index
             raise TargetError(
                 f"target={shown} is out of range for output {name} of shape "
-                f"{list(values.shape)}: valid indices along dimension {1 + offset} are "
+                f"{_shape(values)}: valid indices along dimension {1 + offset} are "
                 f"0..{size - 1}"
             )
+
+
+def _shape(values: Tensor) -> str:
+    """``[B, 4]``: the batch dimension of the rows is not the user's batch size, so say B."""
+    return "[" + ", ".join(["B", *map(str, values.shape[1:])]) + "]"
 
 
 Selectable = int | tuple | list | Tensor | Callable[[Tensor], Tensor] | None

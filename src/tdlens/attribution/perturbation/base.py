@@ -1,0 +1,285 @@
+"""The perturbation framework: a sampler, one batched forward for all targets, an estimator.
+
+A perturbation method is three small parts:
+
+* a **sampler** produces :class:`Perturbations`: S perturbed versions of each of the B
+  examples, as a function ``build(samples, examples) -> {key: inputs}`` for any set of rows
+  (usually from a coalition matrix and a :class:`~.features.FeatureLayout`);
+* the **forward** (:meth:`PerturbationRun.evaluate`) runs the B original rows and the S * B
+  perturbed rows through the model in chunks under a row budget, and reads the K targets from
+  the same forward passes: ``scores[b, s, k]``;
+* an **estimator** turns ``(f(x) [B, K], scores [B, S, K])`` into attributions, per feature
+  (``[B, K, M]``, spread back over the input positions) or per input position.
+
+The model is only called; no hook, no flag, no parameter is touched (``torch.no_grad``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...core.adapter import ModelAdapter, spec_name
+from ...core.errors import InputError, InputTypeError
+from ...core.structure import InputBatch, Key
+from ...core.targets import Target, predicted, select
+from ..base import Attribution
+from .features import FeatureLayout
+
+Build = Callable[[Tensor, Tensor], dict[Key, Tensor]]
+"""``(samples [N], examples [N]) -> {key: [N, *shape]}``: the perturbed attributed inputs."""
+
+ROW_BUDGET_ELEMENTS = 2**22
+"""Default budget: rows per forward pass such that the attributed inputs of one chunk hold at
+most this many elements (16 MiB of float32), clamped to [64, 8192] rows."""
+
+PROGRESS_MIN_PASSES = 20
+"""With ``show_progress=None`` a bar appears only on an interactive terminal for runs of at
+least this many forward passes."""
+
+
+@dataclass
+class Perturbations:
+    """What a sampler produces: ``n_samples`` perturbed rows per example, built on demand."""
+
+    n_samples: int
+    build: Build
+
+
+def masked(
+    layout: FeatureLayout, coalitions: Tensor, run: PerturbationRun, per_example: bool = False
+) -> Perturbations:
+    """Perturbations from a coalition matrix: present features keep the input, absent ones
+    take the baseline.
+
+    Args:
+        coalitions: ``[S, M]`` shared by all examples, or ``[B, S, M]`` with
+            ``per_example=True`` (bool, or float in [0, 1]).
+    """
+    n_samples = coalitions.shape[1] if per_example else coalitions.shape[0]
+    inputs = {k: run.batch.leaves[k] for k in run.batch.attributed}
+
+    def build(samples: Tensor, examples: Tensor) -> dict[Key, Tensor]:
+        s = samples.to(coalitions.device)
+        rows = coalitions[examples.to(coalitions.device), s] if per_example else coalitions[s]
+        return layout.apply(rows, examples, inputs, run.baselines)
+
+    return Perturbations(n_samples, build)
+
+
+class PerturbationRun:
+    """One ``attribute()`` call: inputs, targets, baselines, sampling and the batched forward.
+
+    Attributes:
+        batch: the inputs. targets: the K targets. multi: whether the result has a K dim.
+        baselines: ``{key: [B, *shape]}``. generator: the random source of the samplers.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        batch: InputBatch,
+        targets: list[Target],
+        multi: bool,
+        baselines: dict[Key, Tensor],
+        *,
+        rows_per_forward: int | None,
+        generator: torch.Generator | None,
+        show_progress: bool | None,
+        name: str,
+    ) -> None:
+        self.model = model
+        self.batch = batch
+        self.targets = targets
+        self.multi = multi
+        self.baselines = baselines
+        self.generator = generator
+        self.rows_per_forward = rows_per_forward or _default_rows(batch)
+        self.show_progress = show_progress
+        self.name = name
+        self.forward_passes = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.batch.leaves[self.batch.attributed[0]].device
+
+    # -- the batched forward -------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, perturbations: Perturbations) -> tuple[Tensor, Tensor]:
+        """``f(x)`` as ``[B, K]`` and the perturbed scores as ``[B, S, K]``.
+
+        Rows are the B inputs, then ``s * B + b`` for the perturbations, run in chunks of
+        ``rows_per_forward``; every target is read from the same forward passes.
+        """
+        b, s_count = self.batch.batch_size, perturbations.n_samples
+        total = b * (1 + s_count)
+        chunk = max(1, self.rows_per_forward)
+        scores: Tensor | None = None
+        predictions: dict[int, Tensor] = {}
+        starts = range(0, total, chunk)
+        with ModelAdapter(self.model, self.batch, self.targets) as adapter:
+            for start in self._progress(starts, len(starts)):
+                rows = torch.arange(start, min(total, start + chunk))
+                examples = rows % b
+                values = self._values(rows, examples, perturbations)
+                explained, _ = adapter.run(values)
+                self.forward_passes += 1
+                originals = int((rows < b).sum())
+                picked = []
+                for i, (target, out) in enumerate(zip(self.targets, explained)):
+                    index = target.index
+                    if index is None:
+                        if originals:
+                            found = predicted(out[:originals])
+                            if found is not None:
+                                predictions.setdefault(i, torch.empty(b, dtype=torch.long))
+                                predictions[i][rows[:originals]] = found.cpu()
+                        index = predictions.get(i)
+                    picked.append(select(out, index, examples, spec_name(adapter.specs[i])))
+                part = torch.stack(picked, dim=1).detach()
+                if scores is None:
+                    scores = part.new_empty((total, len(self.targets)))
+                scores[rows.to(scores.device)] = part
+        assert scores is not None
+        k = scores.shape[1]
+        return scores[:b], scores[b:].reshape(s_count, b, k).transpose(0, 1)
+
+    def _values(self, rows: Tensor, examples: Tensor, perturbations: Perturbations) -> dict:
+        b = self.batch.batch_size
+        values = self.batch.take_rows(examples)
+        perturbed = rows >= b
+        if not bool(perturbed.any()):
+            return values
+        new = perturbations.build((rows[perturbed] - b) // b, examples[perturbed])
+        n_orig = int((~perturbed).sum())
+        for key, value in new.items():
+            value = value.to(values[key].dtype)
+            values[key] = torch.cat([values[key][:n_orig], value]) if n_orig else value
+        return values
+
+    def _progress(self, items: range, count: int) -> Iterator[int]:
+        show = self.show_progress
+        if show is None:
+            show = count >= PROGRESS_MIN_PASSES and sys.stderr.isatty()
+        if not show:
+            yield from items
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            yield from tqdm(items, total=count, desc=f"{self.name} forward passes")
+            return
+        for done, item in enumerate(items, 1):  # a plain counter when tqdm is not installed
+            yield item
+            print(f"\r{self.name}: {done}/{count} forward passes", end="", file=sys.stderr)
+        print(file=sys.stderr)
+
+    # -- helpers for samplers ------------------------------------------------------------------
+    def rand(self, *shape: int) -> Tensor:
+        """Uniform [0, 1) samples from the run's generator (float64, on the generator's device)."""
+        return torch.rand(
+            *shape, generator=self.generator, dtype=torch.float64, device=self._gen_device
+        )
+
+    def randn(self, *shape: int) -> Tensor:
+        return torch.randn(
+            *shape, generator=self.generator, dtype=torch.float64, device=self._gen_device
+        )
+
+    def randint(self, high: int, shape: tuple[int, ...]) -> Tensor:
+        return torch.randint(high, shape, generator=self.generator, device=self._gen_device)
+
+    @property
+    def _gen_device(self) -> torch.device:
+        return self.generator.device if self.generator is not None else torch.device("cpu")
+
+    def finish(self, per_key: dict[Key, Tensor]) -> Any:
+        """``{key: [B, K, *shape]}`` in the user's input structure (K dropped for one target)."""
+        if not self.multi:
+            per_key = {key: value[:, 0] for key, value in per_key.items()}
+        return self.batch.pack(per_key, extra_dims=int(self.multi))
+
+
+class PerturbationAttribution(Attribution):
+    """Base of the perturbation methods: forward passes only, so any callable model works."""
+
+    def _start(
+        self,
+        inputs: Any,
+        *,
+        target: Any,
+        targets: Any,
+        output: Any,
+        keys: Any,
+        additional_forward_args: Any,
+        baselines: Any = None,
+        perturbations_per_eval: int = 1,
+        internal_batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        show_progress: bool | None = None,
+    ) -> PerturbationRun:
+        """Check the call and set up its run: inputs, targets, baselines, budget, randomness."""
+        batch, target_list, multi, _ = self._prepare(
+            inputs,
+            target,
+            targets,
+            output,
+            None,
+            keys,
+            additional_forward_args,
+            require_float=False,
+        )
+        if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
+            raise InputError(
+                f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
+            )
+        if internal_batch_size is not None and (
+            not isinstance(internal_batch_size, int) or internal_batch_size < 1
+        ):
+            raise InputError(
+                f"internal_batch_size must be a positive int (rows per forward pass), got "
+                f"{internal_batch_size!r}"
+            )
+        rows = internal_batch_size
+        if rows is None and perturbations_per_eval > 1:
+            rows = perturbations_per_eval * batch.batch_size
+        return PerturbationRun(
+            self.model,
+            batch,
+            target_list,
+            multi,
+            self._baselines(batch, baselines),
+            rows_per_forward=rows,
+            generator=_generator(generator, seed),
+            show_progress=show_progress,
+            name=type(self).__name__,
+        )
+
+
+def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+    if generator is not None and seed is not None:
+        raise InputError("pass either generator= or seed=, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputTypeError(f"generator= takes a torch.Generator, got {type(generator).__name__}")
+    if seed is not None:
+        return torch.Generator().manual_seed(int(seed))
+    return generator
+
+
+def _default_rows(batch: InputBatch) -> int:
+    per_row = sum(int(batch.leaves[k][0].numel()) for k in batch.attributed) or 1
+    return int(min(8192, max(64, ROW_BUDGET_ELEMENTS // per_row, batch.batch_size)))
+
+
+def check_samples(n_samples: Any, name: str = "n_samples", minimum: int = 1) -> int:
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < minimum:
+        raise InputError(f"{name} must be an int >= {minimum}, got {n_samples!r}")
+    return n_samples

@@ -1,0 +1,136 @@
+"""Features: which input positions move together when a perturbation method masks them.
+
+A ``feature_mask`` gives every position of every attributed input an integer feature id
+(captum's convention: ids ``0..M-1``, the same id in two inputs is one feature spanning both).
+Without a mask every scalar of every attributed input is its own feature. :class:`FeatureLayout`
+turns a coalition (which of the M features are present, ``[N, M]``) into model inputs, and
+feature-level scores (``[B, K, M]``) back into attributions shaped like the inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...core.errors import InputError, InputTypeError
+from ...core.structure import InputBatch, Key
+
+
+class FeatureLayout:
+    """Feature ids per attributed input, broadcast to ``[1 or B, *input.shape[1:]]``.
+
+    Attributes:
+        masks: ``{key: LongTensor[1 or B, *shape]}`` feature id of every position.
+        n_features: M, one more than the largest id.
+    """
+
+    def __init__(self, masks: dict[Key, Tensor], n_features: int) -> None:
+        self.masks = masks
+        self.n_features = n_features
+
+    @classmethod
+    def build(cls, batch: InputBatch, feature_mask: Any) -> FeatureLayout:
+        """The layout of ``feature_mask`` (a tensor, tuple or dict like the inputs, or None)."""
+        if feature_mask is None:
+            masks, start = {}, 0
+            for key in batch.attributed:
+                shape = batch.leaves[key].shape[1:]
+                count = int(torch.Size(shape).numel())
+                device = batch.leaves[key].device
+                ids = torch.arange(start, start + count, device=device).reshape(1, *shape)
+                masks[key], start = ids, start + count
+            return cls(masks, start)
+        masks = {}
+        for key, mask in batch.per_key(feature_mask, "feature_mask").items():
+            masks[key] = _check_mask(key, mask, batch.leaves[key], batch.batch_size)
+        low = min(int(m.min()) for m in masks.values() if m.numel())
+        if low < 0:
+            raise InputError(
+                f"feature_mask holds the negative id {low}; feature ids are integers 0..M-1"
+            )
+        n_features = max(int(m.max()) for m in masks.values() if m.numel()) + 1
+        return cls(masks, n_features)
+
+    # -- coalitions to inputs ------------------------------------------------------------------
+    def present(self, coalitions: Tensor, examples: Tensor) -> dict[Key, Tensor]:
+        """Per input, the value of each row's coalition at every position: ``[N, *shape]``.
+
+        Args:
+            coalitions: ``[N, M]``, one row per model row (bool, or float in [0, 1]).
+            examples: ``[N]``, the example each row perturbs (for per-example masks).
+        """
+        out = {}
+        for key, mask in self.masks.items():
+            flat = mask.reshape(mask.shape[0], -1).to(coalitions.device)
+            if flat.shape[0] == 1:
+                picked = coalitions[:, flat[0]]
+            else:
+                picked = coalitions.gather(1, flat[examples.to(flat.device)])
+            out[key] = picked.reshape(coalitions.shape[0], *mask.shape[1:])
+        return out
+
+    def apply(
+        self,
+        coalitions: Tensor,
+        examples: Tensor,
+        inputs: dict[Key, Tensor],
+        baselines: dict[Key, Tensor],
+    ) -> dict[Key, Tensor]:
+        """Model inputs for coalition rows: the input where present, the baseline elsewhere.
+
+        Boolean coalitions select; float coalitions in [0, 1] interpolate from the baseline
+        (``baseline + z * (input - baseline)``, Sobol's masks), rounded for integer inputs.
+        """
+        out = {}
+        for key, z in self.present(coalitions, examples).items():
+            x = inputs[key].index_select(0, examples.to(inputs[key].device))
+            base = baselines[key].index_select(0, examples.to(inputs[key].device))
+            z = z.to(x.device)
+            if z.dtype == torch.bool:
+                out[key] = torch.where(z, x, base)
+            elif x.is_floating_point():
+                out[key] = base + z.to(x.dtype) * (x - base)
+            else:  # token ids cannot be mixed: keep the token where the mask is >= 1/2
+                out[key] = torch.where(z >= 0.5, x, base)
+        return out
+
+    # -- feature scores to attributions --------------------------------------------------------
+    def spread(self, per_feature: Tensor) -> dict[Key, Tensor]:
+        """``[B, K, M]`` feature scores as ``{key: [B, K, *shape]}``: every position gets the
+        score of its feature."""
+        b, k, _ = per_feature.shape
+        out = {}
+        for key, mask in self.masks.items():
+            flat = mask.reshape(mask.shape[0], -1).to(per_feature.device)
+            index = flat.unsqueeze(1).expand(b, k, flat.shape[1])
+            out[key] = per_feature.gather(2, index).reshape(b, k, *mask.shape[1:])
+        return out
+
+
+def _check_mask(key: Key, mask: Any, x: Tensor, batch_size: int) -> Tensor:
+    if not isinstance(mask, Tensor):
+        raise InputTypeError(
+            f"feature_mask for input {key!r} is a {type(mask).__name__}; give an integer "
+            f"tensor of the input's shape {list(x.shape)} (or one that broadcasts to it)"
+        )
+    if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
+        raise InputTypeError(
+            f"feature_mask for input {key!r} has dtype {mask.dtype}; feature ids are integers "
+            "(cast it with .long())"
+        )
+    shape = x.shape
+    try:
+        broadcast = torch.broadcast_shapes(mask.shape, shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != shape or mask.dim() > x.dim():
+        raise InputError(
+            f"feature_mask for input {key!r} has shape {list(mask.shape)}, which does not "
+            f"broadcast to the input's shape {list(shape)}; give a mask of shape "
+            f"{[1, *shape[1:]]} (shared by all examples) or {list(shape)} (one per example)"
+        )
+    mask = mask.reshape(*[1] * (x.dim() - mask.dim()), *mask.shape)
+    rows = batch_size if mask.shape[0] == batch_size and batch_size > 1 else 1
+    return mask[:rows].expand(rows, *shape[1:]).to(device=x.device, dtype=torch.long)
