@@ -98,9 +98,9 @@ def test_target_that_selects_a_slice():
 
 
 def test_unknown_option_and_target_plus_targets(mlp):
-    with pytest.raises(InputError, match="unknown option.*'n_step'"):
+    with pytest.raises(InputError, match=r"unknown option.*'n_step'"):
         tdlens.IntegratedGradients(mlp, n_step=4)
-    with pytest.raises(InputError, match="either target= .* or targets="):
+    with pytest.raises(InputError, match=r"either target= .* or targets="):
         tdlens.Saliency(mlp).attribute(randn(2, 6), target=0, targets=[0, 1])
     with pytest.raises(InputError, match="method='simpson' is not an integration rule"):
         tdlens.IntegratedGradients(mlp).attribute(randn(2, 6), target=0, method="simpson")

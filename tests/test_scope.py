@@ -125,5 +125,5 @@ def test_attribution_inside_a_scope_sees_the_intervention(blocks):
 
 def test_scope_methods_need_the_with_block(blocks):
     scope = tdlens.Scope(blocks)
-    with pytest.raises(ValueError, match="inside `with tdlens.Scope"):
+    with pytest.raises(ValueError, match=r"inside `with tdlens\.Scope"):
         scope.get("head")
