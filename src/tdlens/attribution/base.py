@@ -31,11 +31,14 @@ def with_defaults(method: F) -> F:
     """Fill the arguments a call leaves out from the constructor's defaults."""
     signature = inspect.signature(method)
 
+    var_keyword = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+
     @functools.wraps(method)
     def wrapper(self: Attribution, *args: Any, **kwargs: Any) -> Any:
         if self.defaults:
             bound = signature.bind_partial(self, *args, **kwargs).arguments
-            kwargs.update({k: v for k, v in self.defaults.items() if k not in bound})
+            given = set(bound).union(*(bound.get(name, {}) for name in var_keyword))
+            kwargs.update({k: v for k, v in self.defaults.items() if k not in given})
         return method(self, *args, **kwargs)
 
     wrapper.__signature__ = signature  # type: ignore[attr-defined]
@@ -161,6 +164,18 @@ class Attribution:
         ):
             return per_site[layers[0]]
         return {str(path): per_site[path] for path in layers}
+
+
+def random_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+    """The generator a sampling method draws from: ``generator``, a new one seeded with
+    ``seed``, or ``None`` (torch's global generator)."""
+    if generator is not None and seed is not None:
+        raise InputError("pass either generator= or seed=, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputTypeError(f"generator= takes a torch.Generator, got {type(generator).__name__}")
+    if seed is not None:
+        return torch.Generator().manual_seed(int(seed))
+    return generator
 
 
 def layer_argument(self: Attribution, layer: Any) -> Any:

@@ -15,7 +15,8 @@ there) or replaced by given points (layer integrated gradients).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from ..core.targets import Target, predicted, select
 Site = Any  # an input key, or a ModulePath with layer=
 PointsFn = Callable[[Tensor, Tensor], dict[Site, Tensor]]
 TransformFn = Callable[[Site, Tensor, Tensor], Tensor]
+ScopeFn = Callable[[Tensor, Tensor], AbstractContextManager[Any]]
 
 
 class GradientEngine:
@@ -125,50 +127,108 @@ class GradientEngine:
         points: PointsFn | None = None,
         weights: Tensor | None = None,
         transform: TransformFn | None = None,
+        factors: PointsFn | None = None,
+        forward_scope: ScopeFn | None = None,
     ) -> dict[Site, Tensor]:
-        """``sum_s weights[s] * transform(grad at point (s, b))`` per site, as ``[B, K, ...]``.
+        """``sum_s weights[s] * transform(grad at point (s, b)) * factors(s, b)`` per site, as
+        ``[B, K, ...]``.
 
         Args:
             n_samples: S, the points per example.
             points: ``(samples[N], examples[N]) -> {site: [N, ...]}``; ``None`` uses the inputs
-                (or the layer activations they produce) as the single point.
+                (or the layer activations they produce) as the single point. With ``layer=``
+                the points are either at the layers (keyed by path: the activations are
+                replaced) or at the inputs (keyed by input key: gradients are still taken at
+                the layers).
             weights: ``[S]`` weights of the samples (default 1).
             transform: ``(site, grad, point) -> contribution`` (default: the gradient).
+            factors: ``(samples[N], examples[N]) -> {site: [N, ...]}``, per-row multipliers of
+                the contribution that the point alone does not determine (gradient SHAP's
+                ``input - baseline``); called once per chunk, after ``points``.
+            forward_scope: see :meth:`gradients`.
+        """
+        b = self.batch.batch_size
+        k = len(self.targets)
+        acc: dict[Site, Tensor] = {}
+        chunk_factors: dict[Site, Tensor] = {}
+        current: Tensor | None = None
+        for rows, t, grads, at in self.gradients(
+            n_samples=n_samples, points=points, forward_scope=forward_scope
+        ):
+            samples, examples = rows // b, rows % b
+            whole = whole_samples(samples, examples, b)
+            if factors is not None and rows is not current:
+                current, chunk_factors = rows, factors(samples, examples)
+            for site, grad in grads.items():
+                part = transform(site, grad, at[site]) if transform else grad
+                if factors is not None:
+                    part = part * chunk_factors[site]
+                if site not in acc:
+                    acc[site] = part.new_zeros((b, k, *part.shape[1:]))
+                acc[site][:, t] += _fold(part, samples, examples, weights, whole, b)
+        return acc
+
+    def gradients(
+        self,
+        *,
+        n_samples: int = 1,
+        points: PointsFn | None = None,
+        forward_scope: ScopeFn | None = None,
+    ) -> Iterator[tuple[Tensor, int, dict[Site, Tensor], dict[Site, Tensor]]]:
+        """The gradients behind :meth:`accumulate`, one target of one chunk at a time.
+
+        Rows are ``sample * B + example`` and come in increasing order. Yields ``(rows, t,
+        grads, at)``: the chunk's rows (the same tensor object for every target of a chunk),
+        the target index, and per site the gradient of target ``t`` and the (detached) point
+        where it was taken, ``[N, ...]`` each. Methods that combine gradients across rows
+        (conductance pairs each point with the next one) fold these themselves.
+
+        ``forward_scope(samples[N], examples[N])``, if given, is a context manager entered
+        around each chunk's forward pass only (not the target selection, not the backward
+        passes): DeepLift runs its reference pass there and swaps the backward rules of
+        non-linear functions while the graph is built.
         """
         b = self.batch.batch_size
         total = n_samples * b
         chunk = self.internal_batch_size or total
         k = len(self.targets)
-        acc: dict[Site, Tensor] = {}
         for start in range(0, total, chunk):
             rows = torch.arange(start, min(total, start + chunk))
-            samples, examples = rows // b, rows % b
-            site_points = points(samples, examples) if points is not None else None
-            with torch.enable_grad():
-                wrt, explained = self._forward(examples, site_points)
-                scalars = self.scalars(explained, examples, rows_are_inputs=points is None)
+            examples = rows % b
+            site_points = points(rows // b, examples) if points is not None else None
+            for group in self._site_groups(site_points):
+                scope = forward_scope(rows // b, examples) if forward_scope else nullcontext()
+                with torch.enable_grad():
+                    with scope:
+                        wrt, explained = self._forward(examples, site_points, group)
+                    scalars = self.scalars(explained, examples, rows_are_inputs=points is None)
+                at = {site: point.detach() for site, point in wrt.items()}
                 for t, y in enumerate(scalars):
                     grads = self._grad(y, list(wrt.values()), retain=t < k - 1)
-                    for (site, point), grad in zip(wrt.items(), grads):
-                        part = transform(site, grad, point.detach()) if transform else grad
-                        if weights is not None:
-                            w = weights.to(part)[samples.to(part.device)]
-                            part = part * w.reshape(-1, *[1] * (part.dim() - 1))
-                        if site not in acc:
-                            acc[site] = part.new_zeros((b, k, *part.shape[1:]))
-                        acc[site][:, t].index_add_(0, examples.to(part.device), part)
+                    yield rows, t, dict(zip(wrt, grads)), at
                 del wrt, explained, scalars
-        return acc
+
+    def _site_groups(self, site_points: dict[Site, Tensor] | None) -> list[list[ModulePath]]:
+        """Which layers one forward pass replaces by points: all of them, except when several
+        layers get points, where each gets its own pass (a layer downstream of another would
+        otherwise cut it from the output, and each layer's path would depend on the others')."""
+        if len(self.layers) > 1 and site_points is not None and _at_layers(site_points):
+            return [[path] for path in self.layers]
+        return [self.layers]
 
     def _forward(
-        self, examples: Tensor, site_points: dict[Site, Tensor] | None
+        self,
+        examples: Tensor,
+        site_points: dict[Site, Tensor] | None,
+        group: list[ModulePath] | None = None,
     ) -> tuple[dict[Site, Tensor], list[Tensor]]:
         if self.layers:
             values = self.batch.take_rows(examples)
-            if site_points is None:
+            if site_points is None or not _at_layers(site_points):
+                values.update(site_points or {})  # points in input space, gradients at layers
                 explained, layer_values = self.adapter.run(values, layer_mode="leaf")
                 return dict(layer_values), explained
-            replacements = {p: _leaf(site_points[p]) for p in self.layers}
+            replacements = {p: _leaf(site_points[p]) for p in (group or self.layers)}
             explained, _ = self.adapter.run(values, layer_mode="replace", replacements=replacements)
             return dict(replacements), explained
         values = self.batch.take_rows(examples)
@@ -187,6 +247,40 @@ class GradientEngine:
             y, wrt, grad_outputs=torch.ones_like(y), retain_graph=retain, allow_unused=True
         )
         return [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
+
+
+def _at_layers(site_points: dict[Site, Tensor]) -> bool:
+    """Whether points are keyed by layer path (replace activations) rather than input key."""
+    return any(isinstance(site, ModulePath) for site in site_points)
+
+
+def whole_samples(samples: Tensor, examples: Tensor, b: int) -> tuple[int, int] | None:
+    """``(s0, s1)`` when the rows are exactly samples ``s0..s1-1`` of every example (rows are
+    contiguous and sample-major, so the first row and the count tell)."""
+    n = samples.shape[0]
+    if n % b or int(examples[0]) != 0:
+        return None
+    first = int(samples[0])
+    return first, first + n // b
+
+
+def _fold(
+    part: Tensor,
+    samples: Tensor,
+    examples: Tensor,
+    weights: Tensor | None,
+    whole: tuple[int, int] | None,
+    b: int,
+) -> Tensor:
+    """Sum the rows' contributions per example, ``[N, ...] -> [B, ...]``, weighting samples."""
+    if whole is not None:  # whole samples: one matrix-vector product instead of a scatter
+        s0, s1 = whole
+        w = weights.to(part)[s0:s1] if weights is not None else part.new_ones(s1 - s0)
+        return (w @ part.reshape(s1 - s0, -1)).reshape(b, *part.shape[1:])
+    if weights is not None:
+        w = weights.to(part)[samples.to(part.device)]
+        part = part * w.reshape(-1, *[1] * (part.dim() - 1))
+    return part.new_zeros((b, *part.shape[1:])).index_add_(0, examples.to(part.device), part)
 
 
 def _leaf(value: Tensor) -> Tensor:

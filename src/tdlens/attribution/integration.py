@@ -10,6 +10,8 @@ instead of 1 and the completeness gap never closes. tdlens uses the trapezoid ru
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
@@ -32,7 +34,8 @@ def quadrature(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     n = n_steps
     f64 = torch.float64
     if method == "gausslegendre":
-        return _gauss_legendre(n)
+        alphas, weights = _gauss_legendre(n)
+        return alphas.clone(), weights.clone()
     if method == "riemann_trapezoid":
         if n < 2:
             raise InputError("method='riemann_trapezoid' needs n_steps >= 2")
@@ -44,6 +47,7 @@ def quadrature(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     return alphas, torch.full((n,), 1.0 / n, dtype=f64)
 
 
+@lru_cache(maxsize=32)
 def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
     """Golub-Welsch: nodes are the eigenvalues of the Jacobi matrix of Legendre polynomials,
     weights twice the squared first components of its eigenvectors; mapped from [-1, 1]."""

@@ -107,8 +107,8 @@ class ModelAdapter:
                 f"with a selector, e.g. '{path.module}:{path.site}[0]'"
             )
         if self._layer_mode == "replace":
-            new = self._replacements[path]
-            if new.shape != value.shape:
+            new = self._replacements.get(path)  # a layer without replacement is observed
+            if new is not None and new.shape != value.shape:
                 raise InputError(
                     f"layer {str(path)!r}: replacement of shape {list(new.shape)} for an "
                     f"activation of shape {list(value.shape)}"

@@ -256,6 +256,21 @@ class InputBatch:
             return model(td)
         return model(**{k: td.get(k) for k in td.keys()})
 
+    def rebuild(self, values: dict[Key, Any]) -> tuple[Any, Any]:
+        """``values`` (one per leaf, e.g. rows of :meth:`take_rows` with some replaced) laid out
+        as the user passed them: ``(inputs, additional_forward_args)``, the second ``None``
+        unless the user gave captum-style extra arguments."""
+        if self.kind == "dict":
+            return dict(values), None
+        if self.kind == "tensordict":
+            return self.make_tensordict(values), None
+        ordered = [values[k] for k in sorted(values)]
+        n = self._n_positional or len(ordered)
+        extra = tuple(ordered[n:]) or None
+        if getattr(self, "_single", False):
+            return ordered[0], extra
+        return tuple(ordered[:n]), extra
+
     def make_tensordict(self, values: dict[Key, Any]) -> Any:
         from tensordict import TensorDict
 
