@@ -92,3 +92,21 @@ def test_hugging_face_model_output_and_embedding_layer():
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="name them with keys="):
         tdlens.IntegratedGradients(model).attribute(inputs, target=1, layer="bert.embeddings")
+
+
+def test_tensordict_non_tensor_entries_reach_the_model():
+    from tensordict import TensorDict
+    from tensordict.nn import TensorDictModule
+
+    seen = []
+
+    def scale(x, mode):
+        seen.append(mode)
+        return x * (2.0 if mode == "double" else 1.0)
+
+    module = TensorDictModule(scale, in_keys=["x", "mode"], out_keys=["y"])
+    td = TensorDict(x=randn(3, 2), batch_size=[3])
+    td.set_non_tensor("mode", "double")
+    attr = tdlens.Saliency(module, abs=False).attribute(td, target=lambda y: y.sum(1))
+    assert set(seen) == {"double"}
+    torch.testing.assert_close(attr["x"], torch.full((3, 2), 2.0, dtype=torch.float64))

@@ -71,7 +71,7 @@ class InputBatch:
             kind, leaves = "tensor", {0: inputs}
         elif is_tensordict(inputs):
             kind = "tensordict"
-            leaves = dict(inputs.items(include_nested=True, leaves_only=True))
+            leaves = _tensordict_leaves(inputs)
         elif isinstance(inputs, Mapping):
             kind, leaves = "dict", dict(inputs)
         elif isinstance(inputs, (tuple, list)):
@@ -300,6 +300,19 @@ class InputBatch:
         for key in self.attributed:
             td.set(key, per_key[key])
         return td
+
+
+def _tensordict_leaves(td: Any) -> dict[Key, Any]:
+    """Every leaf of a TensorDict, non-tensor data (strings, flags) included as plain values."""
+    import tensordict.base
+
+    is_leaf = getattr(tensordict.base, "_is_leaf_nontensor", None)
+    keys = td.keys(include_nested=True, leaves_only=True, is_leaf=is_leaf)
+    leaves = {}
+    for key in keys:
+        value = td.get(key)
+        leaves[key] = value if isinstance(value, Tensor) else td.get_non_tensor(key)
+    return leaves
 
 
 def _is_float(value: Any) -> bool:
