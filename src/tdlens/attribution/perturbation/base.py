@@ -25,10 +25,10 @@ import torch
 from torch import Tensor
 
 from ...core.adapter import ModelAdapter, spec_name
-from ...core.errors import InputError, InputTypeError
+from ...core.errors import InputError
 from ...core.structure import InputBatch, Key
 from ...core.targets import Target, predicted, select
-from ..base import Attribution
+from ..base import Attribution, random_generator
 from .features import FeatureLayout
 
 Build = Callable[[Tensor, Tensor], dict[Key, Tensor]]
@@ -137,7 +137,7 @@ class PerturbationRun:
                         if originals:
                             found = predicted(out[:originals])
                             if found is not None:
-                                predictions.setdefault(i, torch.empty(b, dtype=torch.long))
+                                predictions.setdefault(i, torch.zeros(b, dtype=torch.long))
                                 predictions[i][rows[:originals]] = found.cpu()
                         index = predictions.get(i)
                     picked.append(select(out, index, examples, spec_name(adapter.specs[i])))
@@ -258,20 +258,10 @@ class PerturbationAttribution(Attribution):
             multi,
             self._baselines(batch, baselines),
             rows_per_forward=rows,
-            generator=_generator(generator, seed),
+            generator=random_generator(generator, seed),
             show_progress=show_progress,
             name=type(self).__name__,
         )
-
-
-def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
-    if generator is not None and seed is not None:
-        raise InputError("pass either generator= or seed=, not both")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputTypeError(f"generator= takes a torch.Generator, got {type(generator).__name__}")
-    if seed is not None:
-        return torch.Generator().manual_seed(int(seed))
-    return generator
 
 
 def _default_rows(batch: InputBatch) -> int:
