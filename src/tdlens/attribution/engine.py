@@ -243,9 +243,9 @@ class GradientEngine:
     def _grad(y: Tensor, wrt: list[Tensor], retain: bool) -> list[Tensor]:
         if not y.requires_grad:  # the target does not depend on what is attributed
             return [torch.zeros_like(w) for w in wrt]
-        grads = torch.autograd.grad(
-            y, wrt, grad_outputs=torch.ones_like(y), retain_graph=retain, allow_unused=True
-        )
+        # ``y.sum()`` rather than ``grad_outputs=ones``: the latter makes torch 2.13 import
+        # sympy on first use (0.8 s); the sum's backward is a free broadcast.
+        grads = torch.autograd.grad(y.sum(), wrt, retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
 
 
