@@ -47,7 +47,7 @@ class GradientEngine:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[..., Any],
         batch: InputBatch,
         targets: list[Target],
         layers: list[ModulePath],
@@ -245,7 +245,9 @@ class GradientEngine:
             return [torch.zeros_like(w) for w in wrt]
         # ``y.sum()`` rather than ``grad_outputs=ones``: the latter makes torch 2.13 import
         # sympy on first use (0.8 s); the sum's backward is a free broadcast.
-        grads = torch.autograd.grad(y.sum(), wrt, retain_graph=retain, allow_unused=True)
+        with torch.enable_grad():  # the caller may run under no_grad
+            total = y.sum()
+        grads = torch.autograd.grad(total, wrt, retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
 
 

@@ -10,7 +10,9 @@ them are computed.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -29,7 +31,7 @@ class _StopForward(Exception):
 OutputSpec = tuple[str, Any]  # ("model", key) or ("module", ModulePath)
 
 
-def output_spec(model: nn.Module, output: Any) -> OutputSpec:
+def output_spec(model: nn.Module | Callable[..., Any], output: Any) -> OutputSpec:
     """Whether ``output`` names an entry of the model's output or a module path."""
     if output is None or isinstance(output, (int, tuple)) or not isinstance(model, nn.Module):
         return ("model", output)
@@ -63,7 +65,7 @@ class ModelAdapter:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[..., Any],
         batch: InputBatch,
         targets: list[Target],
         layers: list[ModulePath] | None = None,
@@ -81,10 +83,12 @@ class ModelAdapter:
         self._replacements: dict[ModulePath, Tensor] = {}
 
     def __enter__(self) -> ModelAdapter:
-        for _, path in self._module_specs:
-            self._hooks.on_site(self.model, path, lambda v, p=path: self._capture(p, v))
-        for path in self.layers:
-            self._hooks.on_site(self.model, path, lambda v, p=path: self._layer(p, v))
+        if self._module_specs or self.layers:
+            model = cast(nn.Module, self.model)  # module paths were resolved on a Module
+            for _, path in self._module_specs:
+                self._hooks.on_site(model, path, functools.partial(self._capture, path))
+            for path in self.layers:
+                self._hooks.on_site(model, path, functools.partial(self._layer, path))
         return self
 
     def __exit__(self, *exc: object) -> None:

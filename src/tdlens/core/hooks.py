@@ -61,7 +61,7 @@ class HookSet:
 
         def input_hook(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
             where, selector = _input_slot(path, args, kwargs)
-            container = args if isinstance(where, int) else kwargs
+            container: Any = args if isinstance(where, int) else kwargs
             value = get_in(container[where], selector, f"the input of {path.module!r}")
             new = fn(value)
             if new is None:

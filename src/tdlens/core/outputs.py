@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .errors import InputTypeError, KeyNotFoundError, format_keys
 from .lazy import is_tensordict
 from .paths import describe
 
 
-def read_output(output: Any, key: Any, model: nn.Module | None = None) -> Tensor:
+def read_output(output: Any, key: Any, model: Any = None) -> Tensor:
     """The tensor ``output[key]`` (or the default entry when ``key`` is None)."""
     if key is None:
         value = _default_entry(output, model)
@@ -45,7 +45,7 @@ def output_keys(output: Any) -> list[Any]:
     return []
 
 
-def _default_entry(output: Any, model: nn.Module | None) -> Any:
+def _default_entry(output: Any, model: Any) -> Any:
     if isinstance(output, Tensor):
         return output
     if is_tensordict(output):

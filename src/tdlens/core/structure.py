@@ -172,7 +172,7 @@ class InputBatch:
             raise InputError(
                 f"attributed inputs disagree on the batch size (first dimension): {shapes}"
             )
-        return int(next(iter(sizes.values())))
+        return int(next(iter(sizes.values())) or 0)
 
     # -- checks --------------------------------------------------------------------------------
     def check_finite(self) -> None:
