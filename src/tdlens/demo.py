@@ -101,6 +101,8 @@ class DemoResult:
         pred: The predicted classes ``[B]``.
         runner_up: The second most probable classes ``[B]``.
         attributions: Attributions ``[B, 2, 1, 8, 8]`` (predicted, runner-up) by method name.
+        comparison: The methods' faithfulness metrics for the predicted class
+            (:func:`tdlens.metrics.compare`).
         files: The files written: ``attributions.png`` and ``index.html``.
     """
 
@@ -116,6 +118,7 @@ class DemoResult:
     pred: Tensor
     runner_up: Tensor
     attributions: dict[str, Tensor]
+    comparison: Any = None
     files: list[Path] = field(default_factory=list)
 
 
@@ -262,6 +265,29 @@ def explain(
     return attributions, timings
 
 
+def evaluate(model: nn.Module, x: Tensor, pred: Tensor, ig_steps: int) -> Any:
+    """Deletion, insertion and infidelity of each method for the predicted class, as a
+    :class:`tdlens.metrics.Comparison` table."""
+    import tdlens
+    from tdlens.metrics import compare, gaussian_noise
+
+    methods = {
+        "Saliency": tdlens.Saliency(model),
+        "InputXGradient": tdlens.InputXGradient(model),
+        "IntegratedGradients": tdlens.IntegratedGradients(model, n_steps=ig_steps),
+    }
+    torch.manual_seed(0)  # infidelity draws its perturbations from torch's generator
+    return compare(
+        model,
+        x,
+        methods,
+        metrics=("deletion", "insertion", "infidelity"),
+        target=pred,
+        metric_options={"infidelity": {"perturb_func": gaussian_noise(0.1)}},
+        warmup=False,
+    )
+
+
 def write_report(result: DemoResult, ig_steps: int) -> list[Path]:
     """Writes ``attributions.png`` and ``index.html`` into ``result.out_dir``.
 
@@ -315,7 +341,12 @@ def write_report(result: DemoResult, ig_steps: int) -> list[Path]:
     html = write_html_page(
         result.out_dir / "index.html",
         "tdlens demo: explaining a digits CNN",
-        [examples, timings, HtmlTable(["heatmaps"], [[HtmlImage(png, "attribution heatmaps")]])],
+        [
+            examples,
+            timings,
+            *_comparison_table(result),
+            HtmlTable(["heatmaps"], [[HtmlImage(png, "attribution heatmaps")]]),
+        ],
         paragraphs=[
             f"A small CNN on scikit-learn's 8x8 digits ({where}); test accuracy "
             f"{result.accuracy:.1%}. Each test digit is explained for its predicted class and "
@@ -325,6 +356,23 @@ def write_report(result: DemoResult, ig_steps: int) -> list[Path]:
         ],
     )
     return [png, html]
+
+
+def _comparison_table(result: DemoResult) -> list[Any]:
+    from tdlens.viz import HtmlTable
+
+    if result.comparison is None:
+        return []
+    metrics = list(result.comparison.metrics)
+    arrows = {"deletion": "lower is better", "insertion": "higher is better"}
+    return [
+        HtmlTable(
+            ["method", *(f"{m} ({arrows.get(m, 'lower is better')})" for m in metrics)],
+            [[row["method"], *(f"{row[m]:.4g}" for m in metrics)] for row in result.comparison],
+            caption="Faithfulness for the predicted class (tdlens.metrics.compare; mean over "
+            "the digits)",
+        )
+    ]
 
 
 def run_demo(
@@ -376,8 +424,11 @@ def run_demo(
         pred, runner_up = probs.topk(2, dim=-1).indices.T.contiguous()  # two LongTensors [B]
 
         attributions, timings = explain(model, x, [pred, runner_up], ig_steps)
+        comparison = evaluate(model, x, pred, ig_steps)
     for name, secs in timings.items():
         say(f"{name:<20} {secs * 1e3:8.1f} ms  (one call: 2 targets x {len(rows)} digits)")
+    say("how faithful each method is for the predicted class (tdlens.metrics.compare):")
+    say(str(comparison))
 
     result = DemoResult(
         out_dir=Path(out_dir),
@@ -392,6 +443,7 @@ def run_demo(
         pred=pred,
         runner_up=runner_up,
         attributions=attributions,
+        comparison=comparison,
     )
     result.files = write_report(result, ig_steps=ig_steps)
     say(f"wrote {len(result.files)} files to {result.out_dir.resolve()}:")
