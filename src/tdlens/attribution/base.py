@@ -165,6 +165,27 @@ class Attribution:
             return per_site[layers[0]]
         return {str(path): per_site[path] for path in layers}
 
+    def _delta(
+        self,
+        batch: InputBatch,
+        per_site: dict[Any, Tensor],
+        gap: Tensor,
+        multi: bool,
+        layers: list[ModulePath],
+        layer_arg: Any,
+    ) -> Any:
+        """The completeness gap ``sum(attributions) - gap`` (``gap``: ``[B, K]``, what the
+        attributions should add up to), ``[B, K]`` (K dropped for one target): summed over
+        the inputs; with several layers one per layer, laid out like the attributions, since
+        each layer's attributions alone should add up to the gap."""
+        b = batch.batch_size
+        sums = {site: v.reshape(b, v.shape[1], -1).sum(-1) for site, v in per_site.items()}
+        if layers:
+            per_layer = {site: total - gap.to(total) for site, total in sums.items()}
+            return self._layout(batch, per_layer, multi, layers, layer_arg)
+        delta = sum(sums.values()) - gap.to(next(iter(sums.values())))
+        return delta if multi else delta[:, 0]
+
 
 def random_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
     """The generator a sampling method draws from: ``generator``, a new one seeded with
@@ -176,6 +197,11 @@ def random_generator(generator: torch.Generator | None, seed: int | None) -> tor
     if seed is not None:
         return torch.Generator().manual_seed(int(seed))
     return generator
+
+
+def layer_inputs(layers: list[ModulePath]) -> list[ModulePath]:
+    """captum's ``attribute_to_layer_input=True``: each layer's input instead of its output."""
+    return [ModulePath(p.module, "input", p.selector) if p.site == "output" else p for p in layers]
 
 
 def layer_argument(self: Attribution, layer: Any) -> Any:

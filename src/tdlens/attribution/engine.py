@@ -223,15 +223,16 @@ class GradientEngine:
         group: list[ModulePath] | None = None,
     ) -> tuple[dict[Site, Tensor], list[Tensor]]:
         if self.layers:
-            values = self.batch.take_rows(examples)
-            if site_points is None or not _at_layers(site_points):
+            at_inputs = site_points is not None and not _at_layers(site_points)
+            values = self.batch.take_rows(examples, skip=(site_points or {}) if at_inputs else ())
+            if site_points is None or at_inputs:
                 values.update(site_points or {})  # points in input space, gradients at layers
                 explained, layer_values = self.adapter.run(values, layer_mode="leaf")
                 return dict(layer_values), explained
             replacements = {p: _leaf(site_points[p]) for p in (group or self.layers)}
             explained, _ = self.adapter.run(values, layer_mode="replace", replacements=replacements)
             return dict(replacements), explained
-        values = self.batch.take_rows(examples)
+        values = self.batch.take_rows(examples, skip=site_points or ())  # points replace them
         wrt = {}
         for key in self.batch.attributed:
             wrt[key] = _leaf(site_points[key] if site_points is not None else values[key])

@@ -8,7 +8,7 @@ model on replacement leaves, and packs per-key results back into the user's stru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -230,10 +230,13 @@ class InputBatch:
         raise InputTypeError(f"{name} must be a number, tensor, tuple or dict, got {type(value)}")
 
     # -- calling -------------------------------------------------------------------------------
-    def take_rows(self, rows: Tensor) -> dict[Key, Any]:
-        """Every leaf at the given example indices (pass-through leaves included)."""
+    def take_rows(self, rows: Tensor, skip: Collection[Key] = ()) -> dict[Key, Any]:
+        """Every leaf at the given example indices (pass-through leaves included), except the
+        leaves in ``skip`` (those the caller replaces anyway)."""
         out = {}
         for key, value in self.leaves.items():
+            if key in skip:
+                continue
             if self._has_batch_dim(key, value):
                 out[key] = value.index_select(0, rows.to(value.device))
             else:

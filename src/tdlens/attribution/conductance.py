@@ -1,0 +1,181 @@
+"""Conductance: how much of the target flows through each neuron of a hidden layer.
+
+Layer conductance (Dhamdhere et al. 2018, captum's LayerConductance) follows the integrated
+gradients path of the inputs, ``x(α) = b + α (x - b)``, and sums over consecutive points the
+gradient at the layer times the change of the layer's value:
+``sum_i grad_L(x(α_i)) * (L(x(α_{i+1})) - L(x(α_i)))``, with ``n_steps + 1`` points ``α_i`` of
+the integration rule. Its sum over the layer's neurons approximates ``f(x) - f(b)``.
+
+Without the multiplication by the layer's change (``multiply_by_inputs=False``) what remains is
+the path integral of the layer gradient, ``sum_i w_i grad_L(x(α_i))`` over ``n_steps`` points
+with the rule's weights: captum's InternalInfluence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core.errors import InputError
+from ..core.structure import Key
+from .base import Attribution, layer_argument, layer_inputs, with_defaults
+from .engine import GradientEngine, Site, whole_samples
+from .gradient import IntegratedGradients
+from .integration import quadrature
+
+
+class Conductance(Attribution):
+    """Layer conductance: attributions to the neurons of ``layer`` (several layers, a list or
+    a glob, give a dict keyed by path), K targets from one forward pass per chunk.
+
+    Args:
+        model: the model.
+        layer: the module path(s) to attribute to (also accepted by ``attribute``).
+        multiply_by_inputs: ``False`` gives internal influence (the integrated layer gradient).
+
+    Example:
+        >>> cond = tdlens.Conductance(model, "features.3")
+        >>> attrs, delta = cond.attribute(x, targets=[0, 1], return_convergence_delta=True)
+        >>> attrs.shape, delta.shape        # [B, 2, *activation.shape[1:]], [B, 2]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Any = None,
+        *,
+        multiply_by_inputs: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, layer=layer, **options)
+        self.multiply_by_inputs = multiply_by_inputs
+
+    @with_defaults
+    def attribute(
+        self,
+        inputs: Any,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        *,
+        targets: Any = None,
+        output: Any = None,
+        layer: Any = None,
+        keys: Any = None,
+    ) -> Any:
+        """Attributions shaped like the layer's activation (``[B, K, ...]`` with ``targets``),
+        and with ``return_convergence_delta`` the gap ``sum(attr) - (f(x) - f(b))``, ``[B]``
+        (``[B, K]``; one per layer with several layers)."""
+        batch, target_list, multi, layers = self._prepare(
+            inputs, target, targets, output, layer, keys, additional_forward_args
+        )
+        if not layers:
+            raise InputError(
+                "Conductance attributes to the neurons of a hidden layer: pass "
+                "layer='<module path>' (for attributions to the inputs use IntegratedGradients)"
+            )
+        if not batch.attributed:
+            raise InputError(
+                "Conductance follows the path from baselines to inputs, but no input is "
+                "floating-point: name the inputs to interpolate with keys="
+            )
+        if attribute_to_layer_input:
+            layers = layer_inputs(layers)
+        base = self._baselines(batch, baselines)
+        with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
+            gap = None
+            if return_convergence_delta or eng.needs_predictions():
+                gap = IntegratedGradients._endpoints(eng, base, need_gap=True)[2]
+            x = {k: batch.leaves[k] for k in batch.attributed}
+            if self.multiply_by_inputs:
+                alphas = quadrature(method, n_steps + 1)[0]
+                total = _conductance(eng, _path(x, base, alphas), n_steps + 1)
+            else:
+                alphas, weights = quadrature(method, n_steps)
+                total = eng.accumulate(
+                    n_samples=n_steps, points=_path(x, base, alphas), weights=weights
+                )
+        layer_arg = layer_argument(self, layer)
+        result = self._layout(batch, total, multi, layers, layer_arg)
+        if not return_convergence_delta:
+            return result
+        assert gap is not None
+        return result, self._delta(batch, total, gap, multi, layers, layer_arg)
+
+
+def _path(x: dict[Key, Tensor], base: dict[Key, Tensor], alphas: Tensor) -> Any:
+    """Points ``b + α_s (x - b)`` at the inputs for rows ``(samples, examples)``."""
+    b = next(iter(x.values())).shape[0]
+
+    def points(samples: Tensor, examples: Tensor) -> dict[Key, Tensor]:
+        whole = whole_samples(samples, examples, b)
+        out = {}
+        for key, value in x.items():
+            start, diff = base[key], value - base[key]
+            if whole is not None:  # broadcast instead of gathering rows
+                a = alphas[whole[0] : whole[1]].to(diff).reshape(-1, *[1] * diff.dim())
+                out[key] = (start + a * diff).reshape(-1, *diff.shape[1:])
+            else:
+                a = alphas.to(diff)[samples.to(diff.device)]
+                a = a.reshape(-1, *[1] * (diff.dim() - 1))
+                out[key] = start[examples] + a * diff[examples]
+        return out
+
+    return points
+
+
+def _conductance(eng: GradientEngine, points: Any, n_points: int) -> dict[Site, Tensor]:
+    """``sum_i grad_i * (L_{i+1} - L_i)`` per example, target and layer, ``[B, K, ...]``.
+
+    Row ``r = i * B + e`` is point i of example e, so its successor is row ``r + B``. Rows come
+    in increasing order, chunk by chunk; pairing each row with the row ``B`` before it needs
+    only the last ``B`` rows of the previous chunks (their layer values and, per target, their
+    gradients), whatever the chunk size.
+    """
+    b = eng.batch.batch_size
+    k = len(eng.targets)
+    acc: dict[Site, Tensor] = {}
+    tail_values: dict[Site, Tensor] = {}  # layer values of the last B rows seen
+    tail_grads: list[dict[Site, Tensor]] = [{} for _ in range(k)]  # their gradients
+    current: Tensor | None = None
+    values: dict[Site, Tensor] = {}
+    low = first = stop = 0
+    for rows, t, grads, at in eng.gradients(n_samples=n_points, points=points):
+        if rows is not current:  # a new chunk: extend the layer values, keep the last B
+            start, end = int(rows[0]), int(rows[-1]) + 1
+            current, low = rows, max(0, start - b)
+            values = {s: _extend(tail_values.get(s), v) for s, v in at.items()}
+            tail_values = {s: v[max(0, end - b) - low :] for s, v in values.items()}
+            first, stop = max(start, b), max(end, b)  # rows [first, stop) have a predecessor
+        for site, grad in grads.items():
+            grads_all = _extend(tail_grads[t].get(site), grad)
+            tail_grads[t][site] = grads_all[max(0, end - b) - low :]
+            if site not in acc:
+                acc[site] = grad.new_zeros((b, k, *grad.shape[1:]))
+            if stop == first:
+                continue
+            now = values[site][first - low : stop - low]
+            before = values[site][first - b - low : stop - b - low]
+            contribution = grads_all[first - b - low : stop - b - low] * (now - before)
+            acc[site][:, t] += _per_example(contribution, first, b)
+    return acc
+
+
+def _per_example(rows: Tensor, first: int, b: int) -> Tensor:
+    """Sum consecutive rows ``first, first + 1, ...`` per example (row ``r`` is example
+    ``r % B``), ``[N, ...] -> [B, ...]``."""
+    if first % b == 0 and rows.shape[0] % b == 0:  # whole samples: a reshape and a sum
+        return rows.reshape(-1, b, *rows.shape[1:]).sum(0)
+    examples = torch.arange(first, first + rows.shape[0], device=rows.device) % b
+    return rows.new_zeros((b, *rows.shape[1:])).index_add_(0, examples, rows)
+
+
+def _extend(tail: Tensor | None, chunk: Tensor) -> Tensor:
+    return chunk if tail is None else torch.cat([tail, chunk])
