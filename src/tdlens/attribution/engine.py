@@ -149,7 +149,11 @@ class GradientEngine:
         """
         b = self.batch.batch_size
         k = len(self.targets)
-        acc: dict[Site, Tensor] = {}
+        # Per site and target, the running sum. The first chunk's contribution is kept as it
+        # comes (no zero-filled buffer, no copy: with one sample it is the gradient itself);
+        # a later chunk first replaces it by a sum it owns, then adds in place.
+        sums: dict[Site, list[Tensor | None]] = {}
+        owned: set[tuple[Site, int]] = set()
         chunk_factors: dict[Site, Tensor] = {}
         current: Tensor | None = None
         for rows, t, grads, at in self.gradients(
@@ -163,10 +167,20 @@ class GradientEngine:
                 part = transform(site, grad, at[site]) if transform else grad
                 if factors is not None:
                     part = part * chunk_factors[site]
-                if site not in acc:
-                    acc[site] = part.new_zeros((b, k, *part.shape[1:]))
-                acc[site][:, t] += _fold(part, samples, examples, weights, whole, b)
-        return acc
+                folded = _fold(part, samples, examples, weights, whole, b)
+                slots = sums.setdefault(site, [None] * k)
+                previous = slots[t]
+                if previous is None:
+                    slots[t] = folded
+                elif (site, t) in owned:
+                    previous.add_(folded)
+                else:
+                    slots[t] = previous + folded
+                    owned.add((site, t))
+        return {
+            site: (slots[0].unsqueeze(1) if k == 1 else torch.stack(slots, dim=1))  # type: ignore[misc]
+            for site, slots in sums.items()
+        }
 
     def gradients(
         self,
@@ -276,6 +290,8 @@ def _fold(
     b: int,
 ) -> Tensor:
     """Sum the rows' contributions per example, ``[N, ...] -> [B, ...]``, weighting samples."""
+    if whole is not None and whole[1] - whole[0] == 1 and weights is None:
+        return part  # the rows are the examples
     if whole is not None:  # whole samples: one matrix-vector product instead of a scatter
         s0, s1 = whole
         w = weights.to(part)[s0:s1] if weights is not None else part.new_ones(s1 - s0)

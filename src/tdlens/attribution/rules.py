@@ -265,8 +265,11 @@ class ReluMode(_RuleMode):
             y = call.run(call.input.detach())
         if self.deconvolution:
             return swap_backward(call, y, lambda grad: grad.clamp(min=0))
-        passed = (y > 0).to(y.dtype)  # a float mask: multiplying by it is the fastest
-        return swap_backward(call, y, lambda grad: (grad * passed).clamp_(min=0))
+        # relu's own backward kernel masks by y > 0 (the same as x > 0): two cheap ops in the
+        # backward pass and no mask tensor kept from the forward one
+        return swap_backward(
+            call, y, lambda grad: torch.ops.aten.threshold_backward(grad.clamp(min=0), y, 0)
+        )
 
 
 class DeepLiftMode(_RuleMode):

@@ -180,15 +180,18 @@ class InputBatch:
         for key in self.attributed:
             value = self.leaves[key]
             if value.is_floating_point() or value.is_complex():
+                if value.numel() and torch.isfinite(value.sum()):
+                    continue  # one reduction: NaN and inf propagate into the sum
                 bad = ~torch.isfinite(value)
-                if bad.any():
-                    what = "NaN" if torch.isnan(value).any() else "inf"
-                    rows = sorted({int(i) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero()})
-                    raise InputError(
-                        f"input {key!r} contains {what} ({int(bad.sum())} entries, in examples "
-                        f"{rows[:10]}); attributions of such inputs are {what} too. Clean or mask "
-                        "them before attributing"
-                    )
+                if not bad.any():
+                    continue  # the sum overflowed; every entry is finite
+                what = "NaN" if torch.isnan(value).any() else "inf"
+                rows = sorted({int(i) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero()})
+                raise InputError(
+                    f"input {key!r} contains {what} ({int(bad.sum())} entries, in examples "
+                    f"{rows[:10]}); attributions of such inputs are {what} too. Clean or mask "
+                    "them before attributing"
+                )
 
     # -- per-key values ------------------------------------------------------------------------
     def per_key(self, value: Any, name: str) -> dict[Key, Any]:
@@ -233,9 +236,15 @@ class InputBatch:
     def take_rows(self, rows: Tensor, skip: Collection[Key] = ()) -> dict[Key, Any]:
         """Every leaf at the given example indices (pass-through leaves included), except the
         leaves in ``skip`` (those the caller replaces anyway)."""
+        identity = rows.shape[0] == self.batch_size and bool(
+            (rows == torch.arange(self.batch_size, device=rows.device)).all()
+        )
         out = {}
         for key, value in self.leaves.items():
             if key in skip:
+                continue
+            if identity:  # the rows are the examples in order: no copy
+                out[key] = value
                 continue
             if self._has_batch_dim(key, value):
                 out[key] = value.index_select(0, rows.to(value.device))
