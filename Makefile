@@ -30,6 +30,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ig_multitarget.py
+	$(BIN)/python benchmarks/gradient_family.py
+	$(BIN)/python benchmarks/perturbation.py
+	$(BIN)/python benchmarks/metrics.py
 
 clean:
 	rm -rf $(VENV) build dist tdlens-demo
