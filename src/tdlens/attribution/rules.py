@@ -248,6 +248,10 @@ def _needs_rule(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
+def _clamp_negative(grad: Tensor) -> Tensor:
+    return grad.clamp(min=0)
+
+
 class ReluMode(_RuleMode):
     """ReLU backward passes only positive gradients: ``relu(grad) * (x > 0)`` (guided
     backpropagation) or ``relu(grad)`` (deconvolution, which ignores the forward mask)."""
@@ -261,6 +265,12 @@ class ReluMode(_RuleMode):
     def handle(self, call: _Call) -> Any:
         if not _needs_rule(call.input):
             return call.original()
+        if not self.deconvolution and not call.inplace:
+            # Guided backprop is relu's own backward (mask x > 0) of a clamped gradient: a
+            # hook on the output clamps it, no second forward and no custom Function needed.
+            y = call.original()
+            y.register_hook(_clamp_negative)
+            return y
         with torch.no_grad():
             y = call.run(call.input.detach())
         if self.deconvolution:
