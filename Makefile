@@ -19,11 +19,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
-test: lint
+test: lint typecheck
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# No test is marked slow yet (the whole suite runs in well under two minutes); pytest's
+# exit code 5 (nothing collected) is not a failure here.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow || test $$? -eq 5
 
 demo: $(STAMP)
 	$(BIN)/tdlens demo

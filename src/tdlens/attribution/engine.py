@@ -179,10 +179,11 @@ class GradientEngine:
                 else:
                     slots[t] = previous + folded
                     owned.add((site, t))
-        return {
-            site: (slots[0].unsqueeze(1) if k == 1 else torch.stack(slots, dim=1))  # type: ignore[misc]
-            for site, slots in sums.items()
-        }
+        result = {}
+        for site, slots in sums.items():
+            done = [slot for slot in slots if slot is not None]  # every target has a slot
+            result[site] = done[0].unsqueeze(1) if k == 1 else torch.stack(done, dim=1)
+        return result
 
     def gradients(
         self,
