@@ -105,7 +105,7 @@ def time_interleaved(
     """Times several zero-argument callables, interleaving their repetitions.
 
     Every callable runs ``warmup`` times first (untimed), then the callables run in turn
-    ``repeat`` times each, in round-robin order. Results are dropped as soon as a run ends so
+    ``repeat`` times each, in round-robin order, reversed every other round. Results are dropped as soon as a run ends so
     that one variant's output never inflates another's memory.
 
     Args:
@@ -122,7 +122,10 @@ def time_interleaved(
             fn()
     timings = {name: Timing() for name in fns}
     for rep in range(repeat):
-        for name, fn in fns.items():
+        # Alternate the order so that no variant always runs right after the same other one
+        # (what the previous call left in the allocator and caches otherwise biases the pair).
+        order = list(fns.items()) if rep % 2 == 0 else list(reversed(fns.items()))
+        for name, fn in order:
             before = resource.getrusage(resource.RUSAGE_SELF)
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
