@@ -114,3 +114,22 @@ def test_tensordict_without_batch_size(mlp):
 def test_errors_are_builtin_exceptions_too():
     assert issubclass(KeyNotFoundError, LookupError) and issubclass(TargetError, ValueError)
     assert issubclass(InputTypeError, TypeError)
+
+
+def test_predicted_class_is_learnt_across_chunks_of_the_original_rows(mlp):
+    """target=None resolved chunk by chunk (metrics, perturbation) equals the explicit classes."""
+    x = randn(5, 6)
+    predicted = mlp(x).argmax(1)
+    fa = tdlens.FeatureAblation(mlp)
+    torch.testing.assert_close(
+        fa.attribute(x, internal_batch_size=2), fa.attribute(x, target=predicted)
+    )
+    attr = tdlens.Saliency(mlp).attribute(x, target=predicted)
+    noise = tdlens.metrics.gaussian_noise(0.1)
+    torch.manual_seed(0)
+    chunked = tdlens.metrics.infidelity(mlp, noise, x, attr, max_examples_per_batch=2)
+    torch.manual_seed(0)
+    explicit = tdlens.metrics.infidelity(
+        mlp, noise, x, attr, target=predicted, max_examples_per_batch=2
+    )
+    torch.testing.assert_close(chunked, explicit)

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.adapter import ModelAdapter, spec_name
+from ..core.adapter import ModelAdapter
 from ..core.errors import InputError
 from ..core.paths import ModulePath
 from ..core.structure import InputBatch, Key
-from ..core.targets import Target, predicted, select
+from ..core.targets import Target
 
 Site = Any  # an input key, or a ModulePath with layer=
 PointsFn = Callable[[Tensor, Tensor], dict[Site, Tensor]]
@@ -69,7 +69,6 @@ class GradientEngine:
         self.memory_budget = memory_budget
         self.adapter = ModelAdapter(model, batch, targets, layers)
         self.sites: list[Site] = list(layers) if layers else list(batch.attributed)
-        self._predictions: dict[int, Tensor] = {}
 
     def __enter__(self) -> GradientEngine:
         self.adapter.__enter__()
@@ -94,12 +93,10 @@ class GradientEngine:
         return self.adapter.run(self.rows_values(examples, inputs), layer_mode="observe")
 
     def resolve_predictions(self, explained: list[Tensor]) -> None:
-        """Fix ``target=None`` to the predicted class, from outputs of the B original inputs."""
-        for i, target in enumerate(self.targets):
-            if target.index is None and i not in self._predictions:
-                prediction = predicted(explained[i][: self.batch.batch_size])
-                if prediction is not None:
-                    self._predictions[i] = prediction
+        """Fix ``target=None`` to the predicted class, from outputs whose first B rows are the
+        original inputs."""
+        b = self.batch.batch_size
+        self.adapter.learn_predictions([e[:b] for e in explained], torch.arange(b))
 
     def needs_predictions(self) -> bool:
         return any(t.index is None for t in self.targets)
@@ -108,18 +105,7 @@ class GradientEngine:
         self, explained: list[Tensor], examples: Tensor, rows_are_inputs: bool = False
     ) -> list[Tensor]:
         """The K scalars per row, ``[N]`` each, that the targets pick."""
-        picked = []
-        for i, (target, values) in enumerate(zip(self.targets, explained)):
-            index = self._predictions.get(i, target.index)
-            if index is None and values.dim() > 1 and values[0].numel() > 1:
-                if not rows_are_inputs:
-                    raise AssertionError("target=None must be resolved before the points run")
-                row_pred = predicted(values)
-                assert row_pred is not None
-                picked.append(values[torch.arange(values.shape[0]), row_pred])
-                continue
-            picked.append(select(values, index, examples, spec_name(self.adapter.specs[i])))
-        return picked
+        return self.adapter.pick(explained, examples, rows_are_inputs)
 
     # -- gradients -----------------------------------------------------------------------------
     def accumulate(

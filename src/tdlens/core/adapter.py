@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
 from .errors import InputError, InputTypeError
@@ -21,7 +22,7 @@ from .hooks import HookSet
 from .outputs import read_output
 from .paths import ModulePath, parse_path, resolve_paths
 from .structure import InputBatch, Key
-from .targets import Target
+from .targets import Target, predicted, select
 
 
 class _StopForward(Exception):
@@ -72,7 +73,9 @@ class ModelAdapter:
     ) -> None:
         self.model = model
         self.batch = batch
+        self.targets = list(targets)
         self.specs = [output_spec(model, t.output) for t in targets]
+        self._predictions: dict[int, Tensor] = {}  # target=None fixed to a class per example
         self.layers = list(layers or [])
         self._module_specs = sorted({s for s in self.specs if s[0] == "module"}, key=str)
         self._needs_model_output = any(s[0] == "model" for s in self.specs)
@@ -191,6 +194,42 @@ class ModelAdapter:
         if missing:
             raise InputError(f"layer {str(missing[0])!r} did not run in the forward pass")
         return [explained[s] for s in self.specs], dict(self._layer_values)
+
+    # -- reading targets -------------------------------------------------------------------------
+    def learn_predictions(self, explained: list[Tensor], examples: Tensor) -> None:
+        """Fix ``target=None`` on a ``[B, C]`` output to the predicted class of ``examples``,
+        from the explained outputs of those examples' original (unperturbed) rows. Chunks of
+        the original rows may come in several calls."""
+        for i, target in enumerate(self.targets):
+            if target.index is not None:
+                continue
+            guess = predicted(explained[i])
+            if guess is not None:
+                table = self._predictions.get(i)
+                if table is None:
+                    table = self._predictions[i] = torch.zeros(
+                        self.batch.batch_size, dtype=torch.long, device=guess.device
+                    )
+                table[examples.to(guess.device)] = guess
+
+    def pick(
+        self, explained: list[Tensor], examples: Tensor, rows_are_inputs: bool = False
+    ) -> list[Tensor]:
+        """The scalar per row each target picks from its explained output, ``[N]`` each.
+
+        ``rows_are_inputs``: the rows are the original inputs themselves, so an unresolved
+        ``target=None`` takes each row's own predicted class.
+        """
+        picked = []
+        for i, (target, values) in enumerate(zip(self.targets, explained)):
+            index = self._predictions.get(i, target.index)
+            if index is None and rows_are_inputs:
+                guess = predicted(values)
+                if guess is not None:
+                    picked.append(values[torch.arange(values.shape[0]), guess])
+                    continue
+            picked.append(select(values, index, examples, spec_name(self.specs[i])))
+        return picked
 
 
 def parse_layers(model: nn.Module, layer: Any) -> list[ModulePath]:

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.adapter import ModelAdapter, spec_name
+from ..core.adapter import ModelAdapter
 from ..core.errors import InputError, InputTypeError
 from ..core.lazy import is_tensordict
 from ..core.structure import InputBatch, Key
-from ..core.targets import normalize_targets, predicted, select
+from ..core.targets import normalize_targets
 
 RowsBuilder = Callable[[Tensor], tuple[Tensor, dict[Key, Any]]]
 
@@ -91,7 +91,6 @@ class MetricCall:
             self.batch, attributions, len(self.targets), self.multi, broadcast
         )
         self.adapter = ModelAdapter(model, self.batch, self.targets)
-        self._indices = [t.index for t in self.targets]
 
     def __enter__(self) -> MetricCall:
         self.adapter.__enter__()
@@ -111,31 +110,18 @@ class MetricCall:
         ``[B, C]`` output to the predicted class for every later row."""
         b = self.batch.batch_size
         parts = []
-        predictions: list[list[Tensor]] = [[] for _ in self.targets]
         for start in range(0, b, self.budget or b):
             examples = torch.arange(start, min(b, start + (self.budget or b)))
             explained, _ = self.adapter.run(self.batch.take_rows(examples))
-            row = []
-            for i, values in enumerate(explained):
-                if self._indices[i] is None and (guess := predicted(values)) is not None:
-                    predictions[i].append(guess)
-                    row.append(values[torch.arange(values.shape[0]), guess])
-                else:
-                    row.append(self._select(i, values, examples))
-            parts.append(torch.stack(row, dim=1))
-        for i, guesses in enumerate(predictions):
-            if guesses:
-                self._indices[i] = torch.cat(guesses)
+            self.adapter.learn_predictions(explained, examples)
+            parts.append(torch.stack(self.adapter.pick(explained, examples), dim=1))
         return torch.cat(parts)
 
     @torch.no_grad()
     def score(self, examples: Tensor, values: dict[Key, Any]) -> Tensor:
         """One forward pass on rows (``values``: every input leaf), ``[N, K]`` target scores."""
         explained, _ = self.adapter.run(values)
-        return torch.stack([self._select(i, v, examples) for i, v in enumerate(explained)], 1)
-
-    def _select(self, i: int, values: Tensor, examples: Tensor) -> Tensor:
-        return select(values, self._indices[i], examples, spec_name(self.adapter.specs[i]))
+        return torch.stack(self.adapter.pick(explained, examples), 1)
 
     def score_rows(self, n_rows: int, build: RowsBuilder) -> Tensor:
         """``[n_rows, K]`` scores of rows made by ``build(rows) -> (examples, values)``, in

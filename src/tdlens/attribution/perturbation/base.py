@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...core.adapter import ModelAdapter, spec_name
+from ...core.adapter import ModelAdapter
 from ...core.errors import InputError
 from ...core.structure import InputBatch, Key
-from ...core.targets import Target, predicted, select
+from ...core.targets import Target
 from ..base import Attribution, random_generator
 from .features import FeatureLayout
 
@@ -120,7 +120,6 @@ class PerturbationRun:
         total = b * (1 + s_count)
         chunk = max(1, self.rows_per_forward)
         scores: Tensor | None = None
-        predictions: dict[int, Tensor] = {}
         starts = range(0, total, chunk)
         with ModelAdapter(self.model, self.batch, self.targets) as adapter:
             for start in self._progress(starts, len(starts)):
@@ -130,18 +129,9 @@ class PerturbationRun:
                 explained, _ = adapter.run(values)
                 self.forward_passes += 1
                 originals = int((rows < b).sum())
-                picked = []
-                for i, (target, out) in enumerate(zip(self.targets, explained)):
-                    index = target.index
-                    if index is None:
-                        if originals:
-                            found = predicted(out[:originals])
-                            if found is not None:
-                                predictions.setdefault(i, torch.zeros(b, dtype=torch.long))
-                                predictions[i][rows[:originals]] = found.cpu()
-                        index = predictions.get(i)
-                    picked.append(select(out, index, examples, spec_name(adapter.specs[i])))
-                part = torch.stack(picked, dim=1).detach()
+                if originals:  # rows come in order: the B original inputs run first
+                    adapter.learn_predictions([e[:originals] for e in explained], rows[:originals])
+                part = torch.stack(adapter.pick(explained, examples), dim=1).detach()
                 if scores is None:
                     scores = part.new_empty((total, len(self.targets)))
                 scores[rows.to(scores.device)] = part
