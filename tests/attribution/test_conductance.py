@@ -137,3 +137,17 @@ def test_model_untouched(kwargs):
     assert_untouched(model, before)
     with pytest.raises(InputError, match="ran more than once"):
         tdlens.Conductance(make_model("reused")[0]).attribute(randn(2, 2, 6, 6), layer="act")
+
+
+@pytest.mark.parametrize("multiply_by_inputs", [True, False])
+def test_float32_model_and_inputs(multiply_by_inputs):
+    """A float32 model with float32 inputs (the quadrature is computed in float64) gives the
+    float64 result to float32 precision."""
+    model, x = make_model("cnn")
+    method = tdlens.Conductance(model.float(), "conv2", multiply_by_inputs=multiply_by_inputs)
+    single = method.attribute(x.float(), target=1, n_steps=6)
+    assert single.dtype == torch.float32
+    double = tdlens.Conductance(
+        model.double(), "conv2", multiply_by_inputs=multiply_by_inputs
+    ).attribute(x, target=1, n_steps=6)
+    torch.testing.assert_close(single.double(), double, rtol=1e-4, atol=1e-5)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..core.errors import InputError
 from ..core.structure import Key
 from .base import Attribution, layer_argument, layer_inputs, with_defaults
-from .engine import GradientEngine, Site, whole_samples
+from .engine import GradientEngine, Site, along_path
 from .gradient import IntegratedGradients
 from .integration import quadrature
 
@@ -112,21 +112,12 @@ class Conductance(Attribution):
 
 def _path(x: dict[Key, Tensor], base: dict[Key, Tensor], alphas: Tensor) -> Any:
     """Points ``b + α_s (x - b)`` at the inputs for rows ``(samples, examples)``."""
-    b = next(iter(x.values())).shape[0]
 
     def points(samples: Tensor, examples: Tensor) -> dict[Key, Tensor]:
-        whole = whole_samples(samples, examples, b)
-        out = {}
-        for key, value in x.items():
-            start, diff = base[key], value - base[key]
-            if whole is not None:  # broadcast instead of gathering rows
-                a = alphas[whole[0] : whole[1]].to(diff).reshape(-1, *[1] * diff.dim())
-                out[key] = (start + a * diff).reshape(-1, *diff.shape[1:])
-            else:
-                a = alphas.to(diff)[samples.to(diff.device)]
-                a = a.reshape(-1, *[1] * (diff.dim() - 1))
-                out[key] = start[examples] + a * diff[examples]
-        return out
+        return {
+            key: along_path(base[key], value - base[key], alphas, samples, examples)
+            for key, value in x.items()
+        }
 
     return points
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..core.errors import InputError
 from .base import Attribution, layer_argument, with_defaults
-from .engine import GradientEngine, whole_samples
+from .engine import GradientEngine, along_path
 from .integration import quadrature
 
 
@@ -144,18 +144,10 @@ class IntegratedGradients(Attribution):
             alphas = alphas.to(dtype)
 
             def points(samples: Tensor, examples: Tensor) -> dict[Any, Tensor]:
-                whole = whole_samples(samples, examples, b)
-                result = {}
-                for site in eng.sites:
-                    lo, d = start[site], diff[site]
-                    if whole is not None:  # broadcast instead of gathering rows
-                        a = alphas[whole[0] : whole[1]].to(d.device)
-                        a = a.reshape(-1, *[1] * d.dim())
-                        result[site] = (lo + a * d).reshape(-1, *d.shape[1:])
-                    else:
-                        a = alphas.to(d.device)[samples].reshape(-1, *[1] * (d.dim() - 1))
-                        result[site] = lo[examples] + a * d[examples]
-                return result
+                return {
+                    site: along_path(start[site], diff[site], alphas, samples, examples)
+                    for site in eng.sites
+                }
 
             total = eng.accumulate(n_samples=n_steps, points=points, weights=weights.to(dtype))
         if self.multiply_by_inputs:

@@ -26,7 +26,7 @@ from ..core.lazy import is_tensordict
 from ..core.structure import InputBatch, Key
 from ..core.targets import Target, normalize_targets, predicted
 from .base import Attribution, random_generator, with_defaults
-from .engine import whole_samples
+from .engine import by_example, whole_samples
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _PER_EXAMPLE_OPTIONS = ("baselines", "feature_mask")  # follow their rows, as captum's expand
@@ -57,34 +57,68 @@ class SampleNoise:
 
     def inputs_at(self, samples: Tensor, examples: Tensor) -> dict[Key, Tensor]:
         """The noisy inputs of rows ``(samples[i], examples[i])``, ``[N, ...]`` per input.
-        Calls must not go back to samples before the smallest one of the previous call."""
+        Rows come sample-major and in increasing order across calls (a call may begin inside
+        the last sample of the previous one)."""
         low, high = int(samples.min()), int(samples.max())
-        device = self.generator.device if self.generator is not None else torch.device("cpu")
-        for sample in range(self._next, high + 1):
-            self._drawn[sample] = {
-                key: torch.randn(
-                    x.shape, generator=self.generator, dtype=x.dtype, device=device
-                ).to(x.device)
-                * self.stdevs[key]
-                for key, x in self.inputs.items()
-                if self.stdevs[key] != 0
-            }
-        self._next = max(self._next, high + 1)
         for sample in [s for s in self._drawn if s < low]:
             del self._drawn[sample]
         whole = whole_samples(samples, examples, self.batch_size) is not None
+        if whole and low == self._next:  # fresh samples of every example: draw into the rows
+            self._next = high + 1
+            return self._fill(high - low + 1, by_example(samples, examples, self.batch_size))
+        for sample in range(self._next, high + 1):
+            self._drawn[sample] = {key: self._draw(key, x) for key, x in self._noisy_inputs()}
+        self._next = max(self._next, high + 1)
         noisy = {}
         for key, x in self.inputs.items():
             if self.stdevs[key] == 0:
                 noisy[key] = x[examples.to(x.device)]
                 continue
             drawn = torch.stack([self._drawn[s][key] for s in range(low, high + 1)])
-            if whole:  # samples low..high of every example, in order: broadcast, no gather
-                noisy[key] = (x + drawn).reshape(-1, *x.shape[1:])
-            else:
-                rows = (samples - low).to(x.device), examples.to(x.device)
-                noisy[key] = x[rows[1]] + drawn[rows]
+            rows = (samples - low).to(x.device), examples.to(x.device)
+            noisy[key] = x[rows[1]] + drawn[rows]
         return noisy
+
+    def _noisy_inputs(self) -> list[tuple[Key, Tensor]]:
+        return [(key, x) for key, x in self.inputs.items() if self.stdevs[key] != 0]
+
+    def _draw(self, key: Key, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """One sample's noise for input ``key`` (into ``out`` when given), drawn on the
+        generator's device: ``normal_(0, std)``, the same numbers as ``randn * std``."""
+        device = self.generator.device if self.generator is not None else torch.device("cpu")
+        if out is None or out.device != device:
+            noise = torch.empty(x.shape, dtype=x.dtype, device=device)
+        else:
+            noise = out
+        noise.normal_(0.0, self.stdevs[key], generator=self.generator)
+        if out is not None and noise is not out:
+            out.copy_(noise)
+            return out
+        return noise.to(x.device)
+
+    def _fill(self, count: int, example_major: bool) -> dict[Key, Tensor]:
+        """The next ``count`` samples of every example, ``[count * B, ...]`` per input, sample
+        by sample or (``example_major``) example by example: noise drawn sample by sample
+        (inputs in order) into one buffer, the input added in the same pass."""
+        out = {}
+        for key, x in self.inputs.items():
+            if self.stdevs[key] != 0:
+                out[key] = torch.empty((count, *x.shape), dtype=x.dtype, device=x.device)
+        for i in range(count):
+            for key, x in self._noisy_inputs():
+                self._draw(key, x, out=out[key][i])
+        result = {}
+        for key, x in self.inputs.items():
+            noise = out.get(key)
+            if example_major:  # [B, count, ...]
+                rows = x.unsqueeze(1).expand(-1, count, *x.shape[1:])
+                if noise is not None:
+                    full = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+                    rows = torch.add(rows, noise.transpose(0, 1), out=full)
+            else:  # [count, B, ...]
+                rows = x.expand(count, *x.shape) if noise is None else noise.add_(x)
+            result[key] = rows.reshape(-1, *x.shape[1:])
+        return result
 
 
 def check_stdevs(batch: InputBatch, stdevs: Any) -> dict[Key, float]:
@@ -215,8 +249,10 @@ class NoiseTunnel(Attribution):
         deltas = []
         for first in range(0, nt_samples, chunk):
             count = min(chunk, nt_samples - first)
-            samples = torch.arange(first, first + count).repeat_interleave(b)
-            examples = torch.arange(b).repeat(count)
+            # example by example (the copies of one example side by side, as captum lays them
+            # out): alike neighbours make CPU kernels with data-dependent branches faster
+            samples = torch.arange(first, first + count).repeat(b)
+            examples = torch.arange(b).repeat_interleave(count)
             values = {
                 **batch.take_rows(examples, skip=noise.inputs),
                 **noise.inputs_at(samples, examples),
@@ -234,15 +270,15 @@ class NoiseTunnel(Attribution):
             result = method.attribute(noisy, **call)
             if delta:
                 result, chunk_delta = result
-                deltas.append(chunk_delta.reshape(count, b, *chunk_delta.shape[1:]))
-            per_sample = _map(lambda r, n=count: r.reshape(n, b, *r.shape[1:]), result)
-            sums = _combine(sums, _map(lambda r: r.sum(0), per_sample))
+                deltas.append(chunk_delta.reshape(b, count, *chunk_delta.shape[1:]))
+            per_sample = _map(lambda r, n=count: r.reshape(b, n, *r.shape[1:]), result)
+            sums = _combine(sums, _map(lambda r: r.sum(1), per_sample))
             if nt_type != "smoothgrad":
-                squares = _combine(squares, _map(lambda r: (r * r).sum(0), per_sample))
+                squares = _combine(squares, _map(lambda r: (r * r).sum(1), per_sample))
         attributions = _smooth(nt_type, sums, squares, nt_samples)
         if not delta:
             return attributions
-        return attributions, torch.cat(deltas).movedim(0, -1)
+        return attributions, torch.cat(deltas, dim=1).movedim(1, -1)
 
     def _targets(self, batch: InputBatch, kwargs: dict[str, Any]) -> tuple[list[Target], bool]:
         """The call's targets, with ``None`` fixed to the predicted class of the clean inputs

@@ -236,20 +236,18 @@ class InputBatch:
     def take_rows(self, rows: Tensor, skip: Collection[Key] = ()) -> dict[Key, Any]:
         """Every leaf at the given example indices (pass-through leaves included), except the
         leaves in ``skip`` (those the caller replaces anyway)."""
-        identity = rows.shape[0] == self.batch_size and bool(
-            (rows == torch.arange(self.batch_size, device=rows.device)).all()
-        )
+        span = _span(rows)
+        identity = span == (0, self.batch_size)
         out = {}
         for key, value in self.leaves.items():
             if key in skip:
                 continue
-            if identity:  # the rows are the examples in order: no copy
-                out[key] = value
-                continue
-            if self._has_batch_dim(key, value):
-                out[key] = value.index_select(0, rows.to(value.device))
+            if identity or not self._has_batch_dim(key, value):
+                out[key] = value  # the rows are the examples in order: no copy
+            elif span is not None:  # a run of consecutive examples: a view, no copy
+                out[key] = value[span[0] : span[1]]
             else:
-                out[key] = value
+                out[key] = value.index_select(0, rows.to(value.device))
         return out
 
     def _has_batch_dim(self, key: Key, value: Any) -> bool:
@@ -339,3 +337,16 @@ def _describe_leaves(leaves: dict[Key, Any]) -> str:
         else:
             parts.append(f"{key!r}: {type(value).__name__}")
     return "{" + ", ".join(parts) + "}"
+
+
+def _span(rows: Tensor) -> tuple[int, int] | None:
+    """``(first, stop)`` when ``rows`` is ``first, first + 1, ..., stop - 1``."""
+    n = rows.shape[0]
+    if n == 0 or rows.dim() != 1:
+        return None
+    first = int(rows[0])
+    if int(rows[-1]) != first + n - 1:
+        return None
+    if n > 2 and not bool((rows == torch.arange(first, first + n, device=rows.device)).all()):
+        return None
+    return first, first + n
