@@ -220,8 +220,10 @@ class DeepLiftShap(DeepLift):
         internal_batch_size: int | None = None,
     ) -> Any:
         """Attributions shaped like the inputs (``[B, K, ...]`` with ``targets``), the mean of
-        DeepLift over the S baselines; with ``return_convergence_delta`` also captum's delta
-        per (input, baseline) pair, input-major: ``[B * S]`` (``[B * S, K]``).
+        DeepLift over the S baselines; with ``return_convergence_delta`` also the delta of
+        every (input, baseline) pair, ``[B, S]`` (``[B, K, S]`` with ``targets``), laid out
+        like NoiseTunnel's per-copy deltas (captum returns the same values flat, ``[B * S]``
+        input-major: ``delta.reshape(-1)`` gives them).
 
         ``baselines``: per attributed input a tensor ``[S, *input.shape[1:]]`` (a tuple or dict
         for several inputs), or a callable returning that, called with ``inputs`` if it takes
@@ -246,7 +248,7 @@ class DeepLiftShap(DeepLift):
         if delta is None:
             return result
         b = batch.batch_size
-        delta = delta.reshape(n, b, -1).transpose(0, 1).reshape(b * n, -1)  # input-major
+        delta = delta.reshape(n, b, -1).permute(1, 2, 0)  # [B, K, S]
         return result, delta if multi else delta[:, 0]
 
 
