@@ -24,7 +24,7 @@ from ..core.adapter import ModelAdapter
 from ..core.errors import InputError, InputTypeError, KeyNotFoundError, closest, format_keys
 from ..core.lazy import is_tensordict
 from ..core.structure import InputBatch, Key
-from ..core.targets import Target, normalize_targets, predicted
+from ..core.targets import Target, normalize_targets
 from .base import Attribution, random_generator, with_defaults
 from .engine import by_example, whole_samples
 
@@ -288,16 +288,12 @@ class NoiseTunnel(Attribution):
         target_list, multi = normalize_targets(
             kwargs.pop("target", None), kwargs.pop("targets", None), output, batch.batch_size
         )
-        open_ = [i for i, t in enumerate(target_list) if t.index is None]
-        if open_:
-            model = self._module()
-            with torch.no_grad(), ModelAdapter(model, batch, [target_list[i] for i in open_]) as a:
-                explained, _ = a.run(dict(batch.leaves))
-            for i, values in zip(open_, explained):
-                prediction = predicted(values)
-                if prediction is not None:
-                    target_list[i] = Target(prediction, target_list[i].output)
-        return target_list, multi
+        if all(t.index is not None for t in target_list):
+            return target_list, multi
+        with torch.no_grad(), ModelAdapter(self._module(), batch, target_list) as adapter:
+            explained, _ = adapter.run(dict(batch.leaves))
+            adapter.learn_predictions(explained, torch.arange(batch.batch_size))
+        return adapter.resolved_targets(), multi
 
 
 class SmoothGrad(NoiseTunnel):

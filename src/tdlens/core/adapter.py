@@ -212,6 +212,13 @@ class ModelAdapter:
                     )
                 table[examples.to(guess.device)] = guess
 
+    def resolved_targets(self) -> list[Target]:
+        """The targets, ``target=None`` replaced by the predictions learnt so far."""
+        return [
+            Target(self._predictions[i], t.output) if i in self._predictions else t
+            for i, t in enumerate(self.targets)
+        ]
+
     def pick(
         self, explained: list[Tensor], examples: Tensor, rows_are_inputs: bool = False
     ) -> list[Tensor]:
