@@ -13,9 +13,10 @@ Before timing, every deterministic method is checked against captum (float32, re
 below 1e-4; tdlens's DeepLift has its own max-pooling rule, so it differs on this model by
 design); the sampling ones (SmoothGrad, GradientShap) draw differently and are compared in
 float64 with shared draws in the tests instead. Each variant then runs once untimed
-(warm-up), then ``--repeat`` times in round-robin order; the fastest run of each is reported
-(on a shared machine other jobs only ever add time, so the minimum is the least noisy). Peak memory is the
-extra CPU memory PyTorch's allocator holds during one call (``_common.allocator_peak_bytes``).
+(warm-up), then in round-robin order (alternating which goes first) ``--repeat`` times, or
+more for short calls: as many runs as fill one second of captum's time, up to 101 (column
+"runs"). The fastest run of each is reported (on a shared machine other jobs only ever add
+time, so the minimum is the least noisy). Peak memory is the extra CPU memory PyTorch's allocator holds during one call (``_common.allocator_peak_bytes``).
 The ratio table comes last: ``speedup = captum time / tdlens time``; the targets are
 ``speedup >= 1`` at K=1 and ``speedup >= 1.6`` at K=10.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ TARGET_K10 = 1.6
 CHECK_TOLERANCE = 1e-4
 N_STEPS = 20
 N_SAMPLES = 10
+MIN_SECONDS = 1.0  # timed seconds per variant at least (short calls get more runs)
+MAX_REPEAT = 101
 
 
 class SmallCNN(nn.Module):
@@ -196,6 +200,7 @@ class Row:
     tdlens_peak: int
     error: float | None
     differs: str | None = None
+    runs: int = 0
 
 
 def measure(
@@ -210,7 +215,13 @@ def measure(
         if error > CHECK_TOLERANCE and method.differs is None:
             log(f"  {method.name} K={k}: DIFFERS from captum by {error:.1e} (timed anyway)")
     peaks = (allocator_peak_bytes(theirs_fn), allocator_peak_bytes(ours_fn))
-    timings = time_interleaved({"captum": theirs_fn, "tdlens": ours_fn}, repeat=repeat)
+    start = time.perf_counter()
+    theirs_fn()
+    once = time.perf_counter() - start
+    # short calls get more runs (the minimum of a few 5 ms runs is still noisy), up to
+    # MIN_SECONDS per variant
+    runs = max(repeat, min(MAX_REPEAT, int(MIN_SECONDS / max(once, 1e-6))))
+    timings = time_interleaved({"captum": theirs_fn, "tdlens": ours_fn}, repeat=runs)
     row = Row(
         method.name,
         k,
@@ -219,6 +230,7 @@ def measure(
         *peaks,
         error,
         method.differs,
+        runs,
     )
     log(
         f"  {method.name:20s} K={k:2d}: captum {row.captum_s * 1e3:8.1f} ms, tdlens "
@@ -240,6 +252,7 @@ def render(rows: list[Row]) -> str:
         "tdlens peak MiB",
         "peak ratio",
         "rel. err",
+        "runs",
     ]
     cells = []
     for r in rows:
@@ -257,6 +270,7 @@ def render(rows: list[Row]) -> str:
                 f"{r.tdlens_peak / MB:.1f}",
                 f"{r.tdlens_peak / max(r.captum_peak, 1):.2f}",
                 _error_cell(r),
+                str(r.runs),
             ]
         )
     return format_table(headers, cells)
@@ -276,7 +290,7 @@ def _error_cell(row: Row) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=11, help="timed runs per variant")
+    parser.add_argument("--repeat", type=int, default=11, help="timed runs per variant, at least")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument(
         "--threads",
@@ -316,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log(
         f"Batch {args.batch}x3x32x32, float32, {torch.get_num_threads()} threads; fastest of "
-        f"{args.repeat} interleaved runs; peak = extra allocator memory of one call."
+        f"the interleaved runs (column runs: at least {args.repeat}, more for short calls); "
+        "peak = extra allocator memory of one call."
     )
     log(render(rows))
     return 0
