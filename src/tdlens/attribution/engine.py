@@ -197,8 +197,8 @@ class GradientEngine:
         then of example 1...: :func:`by_example`), which the folding code must then accept.
         Consecutive points of one example are alike, and CPU kernels with data-dependent
         branches (max pooling, ReLU's backward) run up to 20% faster on alike neighbours.
-        Yields ``(rows, t,
-        grads, at)``: the chunk's rows (the same tensor object for every target of a chunk),
+
+        Yields ``(rows, t, grads, at)``: the chunk's rows (the same tensor object for every target of a chunk),
         the target index, and per site the gradient of target ``t`` and the (detached) point
         where it was taken, ``[N, ...]`` each. Methods that combine gradients across rows
         (conductance pairs each point with the next one) fold these themselves.
@@ -214,13 +214,8 @@ class GradientEngine:
         key = self._layout(points, forward_scope)
         chunks = ChunkPlan(total, b, self.internal_batch_size, self.memory_budget, self.model, key)
         for rows in chunks:
-            if (
-                by_example
-                and rows.shape[0] > b
-                and rows.shape[0] % b == 0
-                and int(rows[0]) % b == 0
-            ):
-                rows = rows.view(-1, b).t().reshape(-1)
+            if by_example and rows.shape[0] > b and whole_samples(rows // b, rows % b, b):
+                rows = rows.view(-1, b).t().reshape(-1)  # [S, B] -> [B, S]
             examples = rows % b
             site_points = points(rows // b, examples) if points is not None else None
             for group in self._site_groups(site_points):
