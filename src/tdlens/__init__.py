@@ -36,6 +36,7 @@ _PUBLIC = {
     "GradCam": "tdlens.attribution.cam",
     "GuidedGradCam": "tdlens.attribution.cam",
     "Conductance": "tdlens.attribution.conductance",
+    "NeuronConductance": "tdlens.attribution.conductance",
     "ActivationMaximisation": "tdlens.attribution.maximisation",
     # perturbation family (issue 4)
     "FeatureAblation": "tdlens.attribution.perturbation",

@@ -9,15 +9,23 @@ the integration rule. Its sum over the layer's neurons approximates ``f(x) - f(b
 Without the multiplication by the layer's change (``multiply_by_inputs=False``) what remains is
 the path integral of the layer gradient, ``sum_i w_i grad_L(x(α_i))`` over ``n_steps`` points
 with the rule's weights: captum's InternalInfluence.
+
+Neuron conductance (captum's NeuronConductance) splits one neuron ``y`` of the layer over the
+input features: ``(x - b) * sum_i w_i dF/dy(x(α_i)) * dy/dx(x(α_i))``, the integrated
+gradients of the target along the paths through that neuron only. Summed over the features it
+approximates the layer conductance of the neuron.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..core.adapter import parse_layers
 from ..core.errors import InputError
 from ..core.structure import Key
 from .base import Attribution, layer_argument, layer_inputs, with_defaults
@@ -108,6 +116,154 @@ class Conductance(Attribution):
             return result
         assert gap is not None
         return result, self._delta(batch, total, gap, multi, layers, layer_arg)
+
+
+class NeuronConductance(Attribution):
+    """Neuron conductance (Dhamdhere et al. 2018): how much each input feature contributes to
+    the target through one neuron of ``layer``, K targets from one forward pass per chunk.
+
+    Each chunk takes one forward pass, one backward pass from the neuron to the inputs (shared
+    by the K targets) and K backward passes from the targets to the layer.
+
+    Args:
+        model: the model.
+        layer: the module path of the neuron's layer (``"path:input"``: its input).
+        multiply_by_inputs: multiply by ``inputs - baselines`` (``False``: the integrated
+            gradient through the neuron alone).
+
+    Example:
+        >>> nc = tdlens.NeuronConductance(model, "conv2")
+        >>> attrs = nc.attribute(x, (1, 2, 2), targets=[0, 3])   # [B, 2, *x.shape[1:]]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Any = None,
+        *,
+        multiply_by_inputs: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, **options)  # the inputs are attributed, not the layer
+        self.neuron_layer = layer
+        self.multiply_by_inputs = multiply_by_inputs
+
+    @with_defaults
+    def attribute(
+        self,
+        inputs: Any,
+        neuron_selector: Any,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        *,
+        targets: Any = None,
+        output: Any = None,
+        keys: Any = None,
+    ) -> Any:
+        """Attributions shaped like the inputs (``[B, K, ...]`` with ``targets``).
+
+        ``neuron_selector`` picks the neuron in the layer's activation without the batch
+        dimension: an int, a tuple of ints (one per dimension, e.g. ``(channel, row,
+        column)``), or a callable ``activation -> [N]`` that selects one entry per row (it is
+        also applied to the target's gradient at the layer, so it must not combine entries).
+        """
+        if self.neuron_layer is None:
+            raise InputError(
+                "NeuronConductance explains the target through one neuron of a hidden layer: "
+                "pass it as NeuronConductance(model, '<module path>') and pick the neuron with "
+                "neuron_selector="
+            )
+        alphas, weights = quadrature(method, n_steps)
+        batch, target_list, multi, _ = self._prepare(
+            inputs, target, targets, output, None, keys, additional_forward_args
+        )
+        layers = parse_layers(self._module(), self.neuron_layer)
+        if len(layers) != 1:
+            raise InputError(
+                f"NeuronConductance explains the target through one neuron of one layer, but "
+                f"layer={self.neuron_layer!r} names {len(layers)}: "
+                f"{', '.join(repr(str(p)) for p in layers)}; name one"
+            )
+        if attribute_to_neuron_input:
+            layers = layer_inputs(layers)
+        base = self._baselines(batch, baselines)
+        x = {k: batch.leaves[k] for k in batch.attributed}
+        through = _neuron(neuron_selector, str(layers[0]))
+        with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
+            if eng.needs_predictions():  # target=None: the predicted class at the inputs
+                eng.resolve_predictions(eng.evaluate(torch.arange(batch.batch_size))[0])
+            total = eng.accumulate(
+                n_samples=n_steps, points=_path(x, base, alphas), weights=weights, through=through
+            )
+        if self.multiply_by_inputs:
+            total = {k: g * (x[k] - base[k]).unsqueeze(1) for k, g in total.items()}
+        return self._layout(batch, total, multi, [], None)
+
+
+def _neuron(selector: Any, layer: str) -> Callable[[Tensor], Tensor]:
+    """``neuron_selector`` as ``activation[N, ...] -> [N]``. Its type is checked now, its
+    indices against the shape of the first activation it is applied to (the layer's shape is
+    known only then)."""
+    index: tuple[int, ...] | None = None
+    if not callable(selector) or isinstance(selector, Tensor):
+        if isinstance(selector, Tensor) and selector.dim() == 0:
+            selector = selector.item()
+        items = selector if isinstance(selector, tuple) else (selector,)
+        try:
+            if not items or any(isinstance(i, bool) for i in items):
+                raise TypeError
+            index = tuple(operator.index(i) for i in items)
+        except TypeError:
+            raise InputError(
+                f"neuron_selector={selector!r} does not pick a neuron: give an int, a tuple of "
+                "ints with one index per dimension of the layer's activation after the batch "
+                "(e.g. (channel, row, column)), or a callable activation -> [N] that selects "
+                "one entry per row"
+            ) from None
+
+    def through(values: Tensor) -> Tensor:
+        shape = "[" + ", ".join(["B", *map(str, values.shape[1:])]) + "]"
+        if index is None:
+            picked = selector(values)
+        else:
+            _check_neuron(index, selector, values.shape[1:], shape, layer)
+            where: tuple[slice | int, ...] = (slice(None), *index)
+            picked = values[where]
+        n = values.shape[0]
+        if not isinstance(picked, Tensor) or picked.numel() != n:
+            got = list(picked.shape) if isinstance(picked, Tensor) else type(picked).__name__
+            raise InputError(
+                f"neuron_selector must return one value per row of the activation of layer "
+                f"{layer!r}: given rows of shape {list(values.shape)} it returned {got}, "
+                f"not [{n}]"
+            )
+        return picked.reshape(n)
+
+    return through
+
+
+def _check_neuron(
+    index: tuple[int, ...], selector: Any, dims: torch.Size, shape: str, layer: str
+) -> None:
+    if len(index) != len(dims):
+        example = tuple([0] * len(dims)) if len(dims) != 1 else 0
+        raise InputError(
+            f"neuron_selector={selector!r} has {len(index)} index(es) but the activation of "
+            f"layer {layer!r} has shape {shape}: give one index per dimension after the "
+            f"batch, e.g. neuron_selector={example!r}"
+        )
+    for d, (i, size) in enumerate(zip(index, dims)):
+        if not -size <= i < size:
+            raise InputError(
+                f"neuron_selector={selector!r} is out of range for the activation of layer "
+                f"{layer!r} of shape {shape}: valid indices along dimension {d + 1} are "
+                f"0..{size - 1}"
+            )
 
 
 def _path(x: dict[Key, Tensor], base: dict[Key, Tensor], alphas: Tensor) -> Any:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
 from ..core.errors import InputError
+from ..core.hooks import HookSet
 from ..core.paths import ModulePath
 from ..core.structure import InputBatch, Key
 from ..core.targets import Target
@@ -33,6 +34,7 @@ Site = Any  # an input key, or a ModulePath with layer=
 PointsFn = Callable[[Tensor, Tensor], dict[Site, Tensor]]
 TransformFn = Callable[[Site, Tensor, Tensor], Tensor]
 ScopeFn = Callable[[Tensor, Tensor], AbstractContextManager[Any]]
+ThroughFn = Callable[[Tensor], Tensor]  # a layer's activation [N, ...] -> one entry per row [N]
 
 
 class GradientEngine:
@@ -118,6 +120,7 @@ class GradientEngine:
         transform: TransformFn | None = None,
         factors: PointsFn | None = None,
         forward_scope: ScopeFn | None = None,
+        through: ThroughFn | None = None,
     ) -> dict[Site, Tensor]:
         """``sum_s weights[s] * transform(grad at point (s, b)) * factors(s, b)`` per site, as
         ``[B, K, ...]``.
@@ -135,6 +138,7 @@ class GradientEngine:
                 the contribution that the point alone does not determine (gradient SHAP's
                 ``input - baseline``); called once per chunk, after ``points``.
             forward_scope: see :meth:`gradients`.
+            through: see :meth:`gradients` (the sites are then the input keys).
         """
         b = self.batch.batch_size
         k = len(self.targets)
@@ -146,7 +150,11 @@ class GradientEngine:
         chunk_factors: dict[Site, Tensor] = {}
         current: Tensor | None = None
         for rows, t, grads, at in self.gradients(
-            n_samples=n_samples, points=points, forward_scope=forward_scope, by_example=True
+            n_samples=n_samples,
+            points=points,
+            forward_scope=forward_scope,
+            by_example=True,
+            through=through,
         ):
             samples, examples = rows // b, rows % b
             whole = whole_samples(samples, examples, b)
@@ -189,6 +197,7 @@ class GradientEngine:
         points: PointsFn | None = None,
         forward_scope: ScopeFn | None = None,
         by_example: bool = False,
+        through: ThroughFn | None = None,
     ) -> Iterator[tuple[Tensor, int, dict[Site, Tensor], dict[Site, Tensor]]]:
         """The gradients behind :meth:`accumulate`, one target of one chunk at a time.
 
@@ -207,11 +216,20 @@ class GradientEngine:
         around each chunk's forward pass only (not the target selection, not the backward
         passes): DeepLift runs its reference pass there and swaps the backward rules of
         non-linear functions while the graph is built.
+
+        ``through(activation[N, ...]) -> [N]``, if given, selects one entry per row (one
+        neuron) of the activation of the one layer; the gradients are then taken at the
+        attributed inputs (or their points), along the paths through that entry only:
+        ``through(grad of target t at the layer) * d through(activation) / d inputs``, the
+        chain rule at the neuron (captum's NeuronConductance). ``through`` must select, not
+        combine (a sum of entries would weigh each entry's path by the sum of the gradients).
+        Each chunk takes one backward pass from the entry to the inputs, shared by the K
+        targets, whose backward passes stop at the layer. The sites are the input keys.
         """
         b = self.batch.batch_size
         total = n_samples * b
         k = len(self.targets)
-        key = self._layout(points, forward_scope)
+        key = self._layout(points, forward_scope, through)
         chunks = ChunkPlan(total, b, self.internal_batch_size, self.memory_budget, self.model, key)
         for rows in chunks:
             if by_example and rows.shape[0] > b and whole_samples(rows // b, rows % b, b):
@@ -220,19 +238,33 @@ class GradientEngine:
             site_points = points(rows // b, examples) if points is not None else None
             for group in self._site_groups(site_points):
                 scope = forward_scope(rows // b, examples) if forward_scope else nullcontext()
+                below = None
                 with torch.enable_grad():
                     with scope, chunks.measure(rows.shape[0]):
-                        wrt, explained = self._forward(examples, site_points, group)
+                        if through is None:
+                            wrt, explained = self._forward(examples, site_points, group)
+                        else:
+                            wrt, explained, below = self._forward_through(examples, site_points)
                     scalars = self.scalars(explained, examples, rows_are_inputs=points is None)
+                if through is not None:
+                    yield from self._through(rows, through, wrt, below, scalars)
+                    del wrt, explained, scalars, below
+                    continue
                 at = {site: point.detach() for site, point in wrt.items()}
                 for t, y in enumerate(scalars):
                     grads = self._grad(y, list(wrt.values()), retain=t < k - 1)
                     yield rows, t, dict(zip(wrt, grads)), at
                 del wrt, explained, scalars
 
-    def _layout(self, points: PointsFn | None, forward_scope: ScopeFn | None) -> Any:
+    def _layout(
+        self,
+        points: PointsFn | None,
+        forward_scope: ScopeFn | None,
+        through: ThroughFn | None = None,
+    ) -> Any:
         """What, besides the model, decides the bytes one row saves for backward: the rows'
-        shapes and dtypes, the layers, where the points go, the method's forward scope."""
+        shapes and dtypes, the layers, where the points go, the method's forward scope, whether
+        the graph below the layer is kept (``through``)."""
         leaves = tuple(
             (key, tuple(v.shape[1:]), v.dtype, v.device)
             if isinstance(v, Tensor)
@@ -241,7 +273,7 @@ class GradientEngine:
         )
         where = [getattr(fn, "__qualname__", type(fn).__name__) for fn in (points, forward_scope)]
         training = getattr(self.model, "training", None)
-        return (leaves, tuple(self.layers), *where, training)
+        return (leaves, tuple(self.layers), *where, through is not None, training)
 
     def _site_groups(self, site_points: dict[Site, Tensor] | None) -> list[list[ModulePath]]:
         """Which layers one forward pass replaces by points: all of them, except when several
@@ -274,6 +306,63 @@ class GradientEngine:
             values[key] = wrt[key]
         explained, _ = self.adapter.run(values)
         return wrt, explained
+
+    def _forward_through(
+        self, examples: Tensor, site_points: dict[Site, Tensor] | None
+    ) -> tuple[dict[Site, Tensor], list[Tensor], tuple[Tensor, Tensor] | None]:
+        """The forward pass for ``through``: the attributed inputs (or their points) are
+        leaves, and the layer's activation is cut from the graph above it (as in ``"leaf"``
+        mode) but keeps the graph below it. Returns the input leaves, the explained outputs and
+        ``(activation, cut)``: the activation in the graph from the inputs, and the leaf that
+        replaced it above; ``None`` when the pass stopped at the layer before the cut (every
+        target reads a module activation at or before the layer)."""
+        if len(self.layers) != 1 or (site_points is not None and _at_layers(site_points)):
+            raise InputError("through= takes exactly one layer and points at the inputs")
+        values = self.batch.take_rows(examples, skip=site_points or ())
+        values.update(site_points or {})
+        inputs = {key: _leaf(values[key]) for key in self.batch.attributed}
+        values.update(inputs)
+        below: list[tuple[Tensor, Tensor]] = []
+
+        def cut(value: Tensor) -> Tensor:
+            below.append((value, _leaf(value)))
+            return below[-1][1]
+
+        # Registered after the adapter's hook, which checks the layer (a tensor, run once) and
+        # observes it without replacing it.
+        with HookSet() as hooks:
+            hooks.on_site(cast(nn.Module, self.model), self.layers[0], cut)
+            explained, _ = self.adapter.run(values, layer_mode="observe")
+        return cast(dict[Site, Tensor], inputs), explained, below[0] if below else None
+
+    def _through(
+        self,
+        rows: Tensor,
+        through: ThroughFn,
+        inputs: dict[Site, Tensor],
+        below: tuple[Tensor, Tensor] | None,
+        scalars: list[Tensor],
+    ) -> Iterator[tuple[Tensor, int, dict[Site, Tensor], dict[Site, Tensor]]]:
+        """Per target, ``through(grad at the layer) * d through(activation) / d inputs``."""
+        k = len(scalars)
+        at = {key: leaf.detach() for key, leaf in inputs.items()}
+        if below is None:  # nothing the targets read depends on the layer
+            for t in range(k):
+                yield rows, t, {key: torch.zeros_like(v) for key, v in at.items()}, at
+            return
+        activation, cut = below
+        with torch.enable_grad():  # the caller may run under no_grad
+            entry = through(activation)
+        down = dict(zip(inputs, self._grad(entry, list(inputs.values()), retain=False)))
+        for t, y in enumerate(scalars):
+            (grad,) = self._grad(y, [cut], retain=t < k - 1)
+            scale = through(grad)
+            yield (
+                rows,
+                t,
+                {key: scale.reshape(-1, *[1] * (g.dim() - 1)) * g for key, g in down.items()},
+                at,
+            )
 
     @staticmethod
     def _grad(y: Tensor, wrt: list[Tensor], retain: bool) -> list[Tensor]:
