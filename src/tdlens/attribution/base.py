@@ -45,6 +45,20 @@ def with_defaults(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_OPTIONS: dict[type[Attribution], tuple[str, ...]] = {}
+
+
+def _options(cls: type[Attribution]) -> tuple[str, ...]:
+    """The options ``cls.attribute`` takes (what constructor defaults may set), cached."""
+    if cls not in _OPTIONS:
+        _OPTIONS[cls] = tuple(
+            name
+            for name, p in inspect.signature(cls.attribute).parameters.items()
+            if name not in ("self", "inputs") and p.kind is not p.VAR_KEYWORD
+        )
+    return _OPTIONS[cls]
+
+
 class Attribution:
     """Base of the attribution methods.
 
@@ -67,11 +81,7 @@ class Attribution:
     ) -> None:
         if not callable(model):
             raise InputTypeError(f"{type(self).__name__} needs a model, got {type(model).__name__}")
-        options = [
-            name
-            for name, p in inspect.signature(type(self).attribute).parameters.items()
-            if name not in ("self", "inputs") and p.kind is not p.VAR_KEYWORD
-        ]
+        options = _options(type(self))
         unknown = [k for k in defaults if k not in options]
         if unknown:
             raise InputError(

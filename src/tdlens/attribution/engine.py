@@ -71,6 +71,7 @@ class GradientEngine:
         self.internal_batch_size = internal_batch_size
         self.memory_budget = memory_budget
         self.adapter = ModelAdapter(model, batch, targets, layers)
+        self.chunk: Chunk | None = None  # the chunk of the rows :meth:`gradients` last yielded
         self.sites: list[Site] = list(layers) if layers else list(batch.attributed)
 
     def __enter__(self) -> GradientEngine:
@@ -156,11 +157,13 @@ class GradientEngine:
             by_example=True,
             through=through,
         ):
-            samples, examples = rows // b, rows % b
-            whole = whole_samples(samples, examples, b)
-            span = None if whole is not None else _one_sample(rows, b)
-            if factors is not None and rows is not current:
-                current, chunk_factors = rows, factors(samples, examples)
+            if rows is not current:  # a new chunk: its layout, once for the K targets
+                assert self.chunk is not None  # the chunk just yielded
+                current, chunk = rows, self.chunk
+                whole, major = chunk.whole, chunk.example_major
+                span = chunk.one_sample if whole is None else None
+                if factors is not None:
+                    chunk_factors = factors(chunk.samples, chunk.examples)
             for site, grad in grads.items():
                 part = transform(site, grad, at[site]) if transform else grad
                 if factors is not None:
@@ -176,7 +179,7 @@ class GradientEngine:
                     scale = 1.0 if weights is None else float(weights[s])
                     slots[t][first:stop].add_(part, alpha=scale)  # type: ignore[index]
                     continue
-                folded = _fold(part, samples, examples, weights, whole, b)
+                folded = _fold(part, chunk.samples, chunk.examples, weights, whole, b, major)
                 if previous is None:
                     slots[t] = folded
                 elif (site, t) in owned:
@@ -231,18 +234,17 @@ class GradientEngine:
         k = len(self.targets)
         key = self._layout(points, forward_scope, through)
         chunks = ChunkPlan(total, b, self.internal_batch_size, self.memory_budget, self.model, key)
-        for rows in chunks:
-            if by_example and rows.shape[0] > b and whole_samples(rows // b, rows % b, b):
-                rows = rows.view(-1, b).t().reshape(-1)  # [S, B] -> [B, S]
-            examples = rows % b
-            site_points = points(rows // b, examples) if points is not None else None
+        for start, stop in chunks:
+            chunk = self.chunk = Chunk(start, stop, b, by_example)
+            rows, examples = chunk.rows, chunk.examples
+            site_points = points(chunk.samples, examples) if points is not None else None
             for group in self._site_groups(site_points):
-                scope = forward_scope(rows // b, examples) if forward_scope else nullcontext()
+                scope = forward_scope(chunk.samples, examples) if forward_scope else nullcontext()
                 below = None
                 with torch.enable_grad():
-                    with scope, chunks.measure(rows.shape[0]):
+                    with scope, chunks.measure(stop - start):
                         if through is None:
-                            wrt, explained = self._forward(examples, site_points, group)
+                            wrt, explained = self._forward(examples, site_points, group, chunk.run)
                         else:
                             wrt, explained, below = self._forward_through(examples, site_points)
                     scalars = self.scalars(explained, examples, rows_are_inputs=points is None)
@@ -288,10 +290,12 @@ class GradientEngine:
         examples: Tensor,
         site_points: dict[Site, Tensor] | None,
         group: list[ModulePath] | None = None,
+        run: tuple[int, int] | None = None,
     ) -> tuple[dict[Site, Tensor], list[Tensor]]:
         if self.layers:
             at_inputs = site_points is not None and not _at_layers(site_points)
-            values = self.batch.take_rows(examples, skip=(site_points or {}) if at_inputs else ())
+            skip = (site_points or {}) if at_inputs else ()
+            values = self.batch.take_rows(examples, skip=skip, run=run)
             if site_points is None or at_inputs:
                 values.update(site_points or {})  # points in input space, gradients at layers
                 explained, layer_values = self.adapter.run(values, layer_mode="leaf")
@@ -299,7 +303,9 @@ class GradientEngine:
             replacements = {p: _leaf(site_points[p]) for p in (group or self.layers)}
             explained, _ = self.adapter.run(values, layer_mode="replace", replacements=replacements)
             return dict(replacements), explained
-        values = self.batch.take_rows(examples, skip=site_points or ())  # points replace them
+        values = self.batch.take_rows(
+            examples, skip=site_points or (), run=run
+        )  # points replace them
         wrt = {}
         for key in self.batch.attributed:
             wrt[key] = _leaf(site_points[key] if site_points is not None else values[key])
@@ -395,6 +401,31 @@ MEMORY_BUDGET = {"cpu": 48 * 2**20, "other": 2 * 2**30}
 PROBE_ROWS = 32
 
 
+class Chunk:
+    """The rows ``start..stop-1`` of one forward pass (``row = sample * B + example``), in
+    increasing order or, with ``by_example`` and whole samples, example by example; what the
+    folding code needs to know about them, from integers rather than from the index tensors.
+    """
+
+    def __init__(self, start: int, stop: int, b: int, by_example: bool) -> None:
+        n = stop - start
+        self.whole = (start // b, stop // b) if start % b == 0 and n % b == 0 else None
+        self.example_major = by_example and self.whole is not None and n > b and b > 1
+        rows = torch.arange(start, stop)
+        if self.example_major:
+            rows = rows.view(-1, b).t().reshape(-1)  # [S, B] -> [B, S]
+        self.rows = rows
+        self.b = b
+        same = start // b == (stop - 1) // b  # all rows in one sample: a run of examples
+        self.one_sample = (start // b, start % b, (stop - 1) % b + 1) if same else None
+        self.run = self.one_sample[1:] if self.one_sample else None
+        self.examples = rows if stop <= b else rows % b
+
+    @property
+    def samples(self) -> Tensor:
+        return self.rows // self.b
+
+
 class ChunkPlan:
     """The row ranges of the forward passes: ``internal_batch_size`` rows each when given;
     otherwise chunks sized to the memory budget from the bytes one row saves for backward.
@@ -433,11 +464,12 @@ class ChunkPlan:
         self._stops = [min(total, probe)]
         self._measuring = self._stops[0] < total
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of each chunk's rows."""
         start, done = 0, 0
         while self._stops is not None and done < len(self._stops):
             stop = self._stops[done]  # the plan may grow once the first chunk is measured
-            yield torch.arange(start, stop)
+            yield start, stop
             start, done = stop, done + 1
 
     def measure(self, rows: int) -> AbstractContextManager[Any]:
@@ -563,15 +595,6 @@ def along_path(
     return (start + a * diff).reshape(-1, *diff.shape[1:])
 
 
-def _one_sample(rows: Tensor, b: int) -> tuple[int, int, int] | None:
-    """``(sample, first, stop)`` when the (contiguous, increasing) rows are examples
-    ``first..stop-1`` of a single sample."""
-    first, last = int(rows[0]), int(rows[-1])
-    if first // b != last // b:
-        return None
-    return first // b, first % b, last % b + 1
-
-
 def _fold(
     part: Tensor,
     samples: Tensor,
@@ -579,6 +602,7 @@ def _fold(
     weights: Tensor | None,
     whole: tuple[int, int] | None,
     b: int,
+    example_major: bool = False,
 ) -> Tensor:
     """Sum the rows' contributions per example, ``[N, ...] -> [B, ...]``, weighting samples."""
     if whole is not None and whole[1] - whole[0] == 1 and weights is None:
@@ -586,7 +610,7 @@ def _fold(
     if whole is not None:  # whole samples: one matrix-vector product instead of a scatter
         s0, s1 = whole
         w = weights.to(part)[s0:s1] if weights is not None else part.new_ones(s1 - s0)
-        if by_example(samples, examples, b):  # [B, S, D] -> [B, D]
+        if example_major:  # [B, S, D] -> [B, D]
             return torch.matmul(w, part.reshape(b, s1 - s0, -1)).reshape(b, *part.shape[1:])
         return (w @ part.reshape(s1 - s0, -1)).reshape(b, *part.shape[1:])
     if weights is not None:

@@ -233,10 +233,13 @@ class InputBatch:
         raise InputTypeError(f"{name} must be a number, tensor, tuple or dict, got {type(value)}")
 
     # -- calling -------------------------------------------------------------------------------
-    def take_rows(self, rows: Tensor, skip: Collection[Key] = ()) -> dict[Key, Any]:
+    def take_rows(
+        self, rows: Tensor, skip: Collection[Key] = (), run: tuple[int, int] | None = None
+    ) -> dict[Key, Any]:
         """Every leaf at the given example indices (pass-through leaves included), except the
-        leaves in ``skip`` (those the caller replaces anyway)."""
-        span = _span(rows)
+        leaves in ``skip`` (those the caller replaces anyway). ``run=(first, stop)``: the
+        caller knows the rows are ``first..stop-1``."""
+        span = run if run is not None else _span(rows)
         identity = span == (0, self.batch_size)
         out = {}
         for key, value in self.leaves.items():
