@@ -325,22 +325,23 @@ def raw_chunked(chunk_rows: int) -> Attributor:
 
 def tdlens_default_chunk(case: Case) -> int:
     """The rows per forward pass tdlens picks without ``internal_batch_size`` (its memory
-    budget, sized from the activations its first chunk saves), read by watching one call."""
+    budget, sized from the activations its first chunk saves): the largest chunk of one call,
+    read by watching it."""
     from tdlens.attribution import engine
 
     sizes: list[int] = []
-    original = engine.ChunkPlan.resize
+    original = engine.Chunk.__init__
 
-    def spy(plan: engine.ChunkPlan, saved: int, rows: int, device: torch.device) -> None:
-        original(plan, saved, rows, device)
-        sizes.append(plan.size)
+    def spy(chunk: engine.Chunk, start: int, stop: int, b: int, by_example: bool) -> None:
+        original(chunk, start, stop, b, by_example)
+        sizes.append(stop - start)
 
-    engine.ChunkPlan.resize = spy  # type: ignore[method-assign]
+    engine.Chunk.__init__ = spy  # type: ignore[method-assign]
     try:
         tdlens_ig()(case.model, case.inputs, case.targets, case.n_steps)
     finally:
-        engine.ChunkPlan.resize = original  # type: ignore[method-assign]
-    return sizes[0] if sizes else case.inputs.shape[0] * case.n_steps
+        engine.Chunk.__init__ = original  # type: ignore[method-assign]
+    return max(sizes)
 
 
 def raw_batched(
