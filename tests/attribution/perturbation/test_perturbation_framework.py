@@ -71,7 +71,9 @@ def test_targets_cost_no_extra_forward_passes(name, model, x) -> None:
     many = method.attribute(x, targets=[0, 2, 1], **METHODS[name])
     assert model.calls == one_target_calls
     assert many.shape == (3, 3, 5)
-    torch.testing.assert_close(many[:, 0], single, atol=1e-7, rtol=0)  # Lasso stops at tol=1e-8
+    torch.testing.assert_close(
+        many[:, 0], single, atol=1e-7, rtol=0
+    )  # Lasso: KKT conditions to tol
     for k, t in enumerate([0, 2, 1]):
         stacked = method.attribute(x, target=t, **METHODS[name])
         torch.testing.assert_close(many[:, k], stacked, atol=1e-7, rtol=0)
@@ -85,7 +87,7 @@ def test_chunking_does_not_change_results(name, model, x) -> None:
     model.calls = 0
     chunked = method.attribute(x, target=None, internal_batch_size=2, **METHODS[name])
     assert model.calls > 2
-    torch.testing.assert_close(chunked, whole, atol=1e-7, rtol=0)  # Lasso stops at tol=1e-8
+    torch.testing.assert_close(chunked, whole, atol=1e-7, rtol=0)  # Lasso: KKT conditions to tol
     by_eval = method.attribute(x, target=None, perturbations_per_eval=2, **METHODS[name])
     torch.testing.assert_close(by_eval, whole, atol=1e-7, rtol=0)
 
