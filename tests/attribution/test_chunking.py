@@ -110,3 +110,24 @@ def test_example_major_chunks_equal_single_sample_chunks(name):
         1 if name == "SmoothGrad" else 3
     )
     torch.testing.assert_close(run, method.attribute(x, targets=[0, 1], **single))
+
+
+def test_a_call_that_fits_one_probe_runs_one_chunk_without_the_memo(monkeypatch, small_budget):
+    """At most PROBE_ROWS rows run as one chunk: no layout key is computed, nothing measured,
+    even where the memo would split them (the probe itself would have run them at once)."""
+    model, x = small_budget
+    ig = tdlens.IntegratedGradients(model)
+    ig.attribute(x, target=0, n_steps=8)  # 16 rows: the memo now holds this layout
+    calls = []
+    layout = engine.GradientEngine._layout
+
+    def spy(self, *args):
+        calls.append(args)
+        return layout(self, *args)
+
+    monkeypatch.setattr(engine.GradientEngine, "_layout", spy)
+    model.rows.clear()
+    ig.attribute(x, target=0, n_steps=2)  # 4 rows = PROBE_ROWS
+    assert model.rows == [4] and calls == []
+    ig.attribute(x, target=0, n_steps=8)
+    assert model.rows[1:] == [6, 6, 4] and len(calls) == 1  # the memo's plan, no probe

@@ -161,9 +161,11 @@ class Attribution:
         multi: bool,
         layers: list[ModulePath],
         layer_arg: Any,
+        k_dim: bool = True,
     ) -> Any:
-        """``[B, K, ...]`` results per site in the user's structure; K dropped for one target."""
-        if not multi:
+        """``[B, K, ...]`` results per site in the user's structure; K dropped for one target
+        (``k_dim=False``: the results come without it, ``[B, ...]``)."""
+        if not multi and k_dim:
             per_site = {site: value[:, 0] for site, value in per_site.items()}
         if not layers:
             return batch.pack(per_site, extra_dims=int(multi))

@@ -29,7 +29,7 @@ from ..core.adapter import parse_layers
 from ..core.errors import InputError
 from ..core.structure import Key
 from .base import Attribution, layer_argument, layer_inputs, with_defaults
-from .engine import GradientEngine, Site, along_path
+from .engine import Chunk, GradientEngine, Site, along_path
 from .gradient import IntegratedGradients
 from .integration import quadrature
 
@@ -291,13 +291,13 @@ def _conductance(eng: GradientEngine, points: Any, n_points: int) -> dict[Site, 
     acc: dict[Site, Tensor] = {}
     tail_values: dict[Site, Tensor] = {}  # layer values of the last B rows seen
     tail_grads: list[dict[Site, Tensor]] = [{} for _ in range(k)]  # their gradients
-    current: Tensor | None = None
+    current: Chunk | None = None
     values: dict[Site, Tensor] = {}
     low = first = stop = 0
-    for rows, t, grads, at in eng.gradients(n_samples=n_points, points=points):
-        if rows is not current:  # a new chunk: extend the layer values, keep the last B
-            start, end = int(rows[0]), int(rows[-1]) + 1
-            current, low = rows, max(0, start - b)
+    for chunk, t, grads, at in eng.gradients(n_samples=n_points, points=points):
+        if chunk is not current:  # a new chunk: extend the layer values, keep the last B
+            start, end = chunk.start, chunk.stop
+            current, low = chunk, max(0, start - b)
             values = {s: _extend(tail_values.get(s), v) for s, v in at.items()}
             tail_values = {s: v[max(0, end - b) - low :] for s, v in values.items()}
             first, stop = max(start, b), max(end, b)  # rows [first, stop) have a predecessor

@@ -130,14 +130,14 @@ class DeepLift(Attribution):
         acc: dict[Site, Tensor] = {}
         delta: Tensor | None = None
         with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
-            chunk = _ReferencePass(eng, mode, references, with_delta)
+            reference = _ReferencePass(eng, mode, references, with_delta)
             if with_delta:
-                chunk.input_values = _target_values(eng)
-            for rows, t, grads, at in eng.gradients(n_samples=n_samples, forward_scope=chunk):
-                examples = rows % b
-                parts = self._contributions(grads, at, chunk.points, custom)
+                reference.input_values = _target_values(eng)
+            for chunk, t, grads, at in eng.gradients(n_samples=n_samples, forward_scope=reference):
+                rows, examples = chunk.rows, chunk.examples
+                parts = self._contributions(grads, at, reference.points, custom)
                 if with_delta:
-                    gap = chunk.input_values[examples, t] - chunk.values[:, t]
+                    gap = reference.input_values[examples, t] - reference.values[:, t]
                     if delta is None:
                         delta = gap.new_zeros((n_samples * b, k))
                     delta[rows, t] = -gap

@@ -15,6 +15,7 @@ there) or replaced by given points (layer integrated gradients).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -106,9 +107,13 @@ class GradientEngine:
         return any(t.index is None for t in self.targets)
 
     def scalars(
-        self, explained: list[Tensor], examples: Tensor, rows_are_inputs: bool = False
+        self,
+        explained: list[Tensor],
+        examples: Tensor | Callable[[], Tensor],
+        rows_are_inputs: bool = False,
     ) -> list[Tensor]:
-        """The K scalars per row, ``[N]`` each, that the targets pick."""
+        """The K scalars per row, ``[N]`` each, that the targets pick (``examples``: of the
+        rows, or a function making them when a per-example target needs them)."""
         return self.adapter.pick(explained, examples, rows_are_inputs)
 
     # -- gradients -----------------------------------------------------------------------------
@@ -122,9 +127,10 @@ class GradientEngine:
         factors: PointsFn | None = None,
         forward_scope: ScopeFn | None = None,
         through: ThroughFn | None = None,
+        k_dim: bool = True,
     ) -> dict[Site, Tensor]:
         """``sum_s weights[s] * transform(grad at point (s, b)) * factors(s, b)`` per site, as
-        ``[B, K, ...]``.
+        ``[B, K, ...]`` (``[B, ...]`` for one target with ``k_dim=False``).
 
         Args:
             n_samples: S, the points per example.
@@ -149,19 +155,17 @@ class GradientEngine:
         sums: dict[Site, list[Tensor | None]] = {}
         owned: set[tuple[Site, int]] = set()
         chunk_factors: dict[Site, Tensor] = {}
-        current: Tensor | None = None
-        for rows, t, grads, at in self.gradients(
+        current: Chunk | None = None
+        for chunk, t, grads, at in self.gradients(
             n_samples=n_samples,
             points=points,
             forward_scope=forward_scope,
             by_example=True,
             through=through,
         ):
-            if rows is not current:  # a new chunk: its layout, once for the K targets
-                assert self.chunk is not None  # the chunk just yielded
-                current, chunk = rows, self.chunk
-                whole, major = chunk.whole, chunk.example_major
-                span = chunk.one_sample if whole is None else None
+            if chunk is not current:  # a new chunk: its layout, once for the K targets
+                current = chunk
+                span = chunk.one_sample if chunk.whole is None else None
                 if factors is not None:
                     chunk_factors = factors(chunk.samples, chunk.examples)
             for site, grad in grads.items():
@@ -179,7 +183,7 @@ class GradientEngine:
                     scale = 1.0 if weights is None else float(weights[s])
                     slots[t][first:stop].add_(part, alpha=scale)  # type: ignore[index]
                     continue
-                folded = _fold(part, chunk.samples, chunk.examples, weights, whole, b, major)
+                folded = _fold(part, chunk, weights)
                 if previous is None:
                     slots[t] = folded
                 elif (site, t) in owned:
@@ -190,7 +194,10 @@ class GradientEngine:
         result = {}
         for site, slots in sums.items():
             done = [slot for slot in slots if slot is not None]  # every target has a slot
-            result[site] = done[0].unsqueeze(1) if k == 1 else torch.stack(done, dim=1)
+            if k > 1:
+                result[site] = torch.stack(done, dim=1)
+            else:
+                result[site] = done[0].unsqueeze(1) if k_dim else done[0]
         return result
 
     def gradients(
@@ -201,7 +208,7 @@ class GradientEngine:
         forward_scope: ScopeFn | None = None,
         by_example: bool = False,
         through: ThroughFn | None = None,
-    ) -> Iterator[tuple[Tensor, int, dict[Site, Tensor], dict[Site, Tensor]]]:
+    ) -> Iterator[tuple[Chunk, int, dict[Site, Tensor], dict[Site, Tensor]]]:
         """The gradients behind :meth:`accumulate`, one target of one chunk at a time.
 
         Rows are ``sample * B + example`` and come in increasing order; with ``by_example``,
@@ -210,8 +217,8 @@ class GradientEngine:
         Consecutive points of one example are alike, and CPU kernels with data-dependent
         branches (max pooling, ReLU's backward) run up to 20% faster on alike neighbours.
 
-        Yields ``(rows, t, grads, at)``: the chunk's rows (the same tensor object for every target of a chunk),
-        the target index, and per site the gradient of target ``t`` and the (detached) point
+        Yields ``(chunk, t, grads, at)``: the :class:`Chunk` (the same object for every target
+        of a chunk; its ``rows`` are the rows of the gradients), the target index, and per site the gradient of target ``t`` and the (detached) point
         where it was taken, ``[N, ...]`` each. Methods that combine gradients across rows
         (conductance pairs each point with the next one) fold these themselves.
 
@@ -232,30 +239,42 @@ class GradientEngine:
         b = self.batch.batch_size
         total = n_samples * b
         k = len(self.targets)
-        key = self._layout(points, forward_scope, through)
-        chunks = ChunkPlan(total, b, self.internal_batch_size, self.memory_budget, self.model, key)
+        chunks = ChunkPlan(
+            total,
+            b,
+            self.internal_batch_size,
+            self.memory_budget,
+            self.model,
+            lambda: self._layout(points, forward_scope, through),
+        )
         for start, stop in chunks:
             chunk = self.chunk = Chunk(start, stop, b, by_example)
-            rows, examples = chunk.rows, chunk.examples
-            site_points = points(chunk.samples, examples) if points is not None else None
+            site_points = points(chunk.samples, chunk.examples) if points is not None else None
             for group in self._site_groups(site_points):
-                scope = forward_scope(chunk.samples, examples) if forward_scope else nullcontext()
+                scope = (
+                    forward_scope(chunk.samples, chunk.examples) if forward_scope else nullcontext()
+                )
                 below = None
-                with torch.enable_grad():
+                with _grad_enabled():
                     with scope, chunks.measure(stop - start):
                         if through is None:
-                            wrt, explained = self._forward(examples, site_points, group, chunk.run)
+                            wrt, explained = self._forward(chunk, site_points, group)
                         else:
-                            wrt, explained, below = self._forward_through(examples, site_points)
-                    scalars = self.scalars(explained, examples, rows_are_inputs=points is None)
+                            wrt, explained, below = self._forward_through(
+                                chunk.examples, site_points
+                            )
+                    # the examples of the rows, made only if a per-example target needs them
+                    scalars = self.scalars(
+                        explained, chunk.make_examples, rows_are_inputs=points is None
+                    )
                 if through is not None:
-                    yield from self._through(rows, through, wrt, below, scalars)
+                    yield from self._through(chunk, through, wrt, below, scalars)
                     del wrt, explained, scalars, below
                     continue
                 at = {site: point.detach() for site, point in wrt.items()}
                 for t, y in enumerate(scalars):
                     grads = self._grad(y, list(wrt.values()), retain=t < k - 1)
-                    yield rows, t, dict(zip(wrt, grads)), at
+                    yield chunk, t, dict(zip(wrt, grads)), at
                 del wrt, explained, scalars
 
     def _layout(
@@ -287,15 +306,16 @@ class GradientEngine:
 
     def _forward(
         self,
-        examples: Tensor,
+        chunk: Chunk,
         site_points: dict[Site, Tensor] | None,
         group: list[ModulePath] | None = None,
-        run: tuple[int, int] | None = None,
     ) -> tuple[dict[Site, Tensor], list[Tensor]]:
+        # a run of consecutive examples is sliced; other rows are gathered
+        examples = chunk.examples if chunk.run is None else None
         if self.layers:
             at_inputs = site_points is not None and not _at_layers(site_points)
             skip = (site_points or {}) if at_inputs else ()
-            values = self.batch.take_rows(examples, skip=skip, run=run)
+            values = self.batch.take_rows(examples, skip=skip, run=chunk.run)
             if site_points is None or at_inputs:
                 values.update(site_points or {})  # points in input space, gradients at layers
                 explained, layer_values = self.adapter.run(values, layer_mode="leaf")
@@ -303,9 +323,7 @@ class GradientEngine:
             replacements = {p: _leaf(site_points[p]) for p in (group or self.layers)}
             explained, _ = self.adapter.run(values, layer_mode="replace", replacements=replacements)
             return dict(replacements), explained
-        values = self.batch.take_rows(
-            examples, skip=site_points or (), run=run
-        )  # points replace them
+        values = self.batch.take_rows(examples, skip=site_points or (), run=chunk.run)
         wrt = {}
         for key in self.batch.attributed:
             wrt[key] = _leaf(site_points[key] if site_points is not None else values[key])
@@ -343,28 +361,28 @@ class GradientEngine:
 
     def _through(
         self,
-        rows: Tensor,
+        chunk: Chunk,
         through: ThroughFn,
         inputs: dict[Site, Tensor],
         below: tuple[Tensor, Tensor] | None,
         scalars: list[Tensor],
-    ) -> Iterator[tuple[Tensor, int, dict[Site, Tensor], dict[Site, Tensor]]]:
+    ) -> Iterator[tuple[Chunk, int, dict[Site, Tensor], dict[Site, Tensor]]]:
         """Per target, ``through(grad at the layer) * d through(activation) / d inputs``."""
         k = len(scalars)
         at = {key: leaf.detach() for key, leaf in inputs.items()}
         if below is None:  # nothing the targets read depends on the layer
             for t in range(k):
-                yield rows, t, {key: torch.zeros_like(v) for key, v in at.items()}, at
+                yield chunk, t, {key: torch.zeros_like(v) for key, v in at.items()}, at
             return
         activation, cut = below
-        with torch.enable_grad():  # the caller may run under no_grad
+        with _grad_enabled():  # the caller may run under no_grad
             entry = through(activation)
         down = dict(zip(inputs, self._grad(entry, list(inputs.values()), retain=False)))
         for t, y in enumerate(scalars):
             (grad,) = self._grad(y, [cut], retain=t < k - 1)
             scale = through(grad)
             yield (
-                rows,
+                chunk,
                 t,
                 {key: scale.reshape(-1, *[1] * (g.dim() - 1)) * g for key, g in down.items()},
                 at,
@@ -376,10 +394,15 @@ class GradientEngine:
             return [torch.zeros_like(w) for w in wrt]
         # ``y.sum()`` rather than ``grad_outputs=ones``: the latter makes torch 2.13 import
         # sympy on first use (0.8 s); the sum's backward is a free broadcast.
-        with torch.enable_grad():  # the caller may run under no_grad
+        with _grad_enabled():  # the caller may run under no_grad
             total = y.sum()
         grads = torch.autograd.grad(total, wrt, retain_graph=retain, allow_unused=True)
         return [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
+
+
+def _grad_enabled() -> AbstractContextManager[Any]:
+    """Gradients on inside (the caller may run under ``no_grad``), at no cost when they are."""
+    return nullcontext() if torch.is_grad_enabled() else torch.enable_grad()
 
 
 def _at_layers(site_points: dict[Site, Tensor]) -> bool:
@@ -404,26 +427,38 @@ PROBE_ROWS = 32
 class Chunk:
     """The rows ``start..stop-1`` of one forward pass (``row = sample * B + example``), in
     increasing order or, with ``by_example`` and whole samples, example by example; what the
-    folding code needs to know about them, from integers rather than from the index tensors.
+    folding code needs to know about them, from integers. The index tensors (``rows``,
+    ``examples``, ``samples``) are made on first use: the common single chunk of a call with
+    integer targets never needs them.
     """
 
     def __init__(self, start: int, stop: int, b: int, by_example: bool) -> None:
         n = stop - start
+        self.start, self.stop, self.b = start, stop, b
         self.whole = (start // b, stop // b) if start % b == 0 and n % b == 0 else None
         self.example_major = by_example and self.whole is not None and n > b and b > 1
-        rows = torch.arange(start, stop)
-        if self.example_major:
-            rows = rows.view(-1, b).t().reshape(-1)  # [S, B] -> [B, S]
-        self.rows = rows
-        self.b = b
         same = start // b == (stop - 1) // b  # all rows in one sample: a run of examples
         self.one_sample = (start // b, start % b, (stop - 1) % b + 1) if same else None
         self.run = self.one_sample[1:] if self.one_sample else None
-        self.examples = rows if stop <= b else rows % b
 
-    @property
+    @functools.cached_property
+    def rows(self) -> Tensor:
+        rows = torch.arange(self.start, self.stop)
+        if self.example_major:
+            rows = rows.view(-1, self.b).t().reshape(-1)  # [S, B] -> [B, S]
+        return rows
+
+    @functools.cached_property
+    def examples(self) -> Tensor:
+        return self.rows if self.stop <= self.b else self.rows % self.b
+
+    @functools.cached_property
     def samples(self) -> Tensor:
         return self.rows // self.b
+
+    def make_examples(self) -> Tensor:
+        """``examples``, as a function to hand to code that needs them only sometimes."""
+        return self.examples
 
 
 class ChunkPlan:
@@ -438,7 +473,8 @@ class ChunkPlan:
         fixed: ``internal_batch_size``.
         budget: bytes a chunk may save (``None``: ``MEMORY_BUDGET`` of the device).
         model: the model whose weights are not counted as activations (and the memo's key).
-        key: what else determines the bytes per row (the inputs' shapes, layers, method).
+        key: a function giving what else determines the bytes per row (the inputs' shapes,
+            layers, method); called only when the rows do not fit one probe chunk.
     """
 
     def __init__(
@@ -448,21 +484,26 @@ class ChunkPlan:
         fixed: int | None,
         budget: int | None,
         model: Any = None,
-        key: Any = None,
+        key: Callable[[], Any] | None = None,
     ) -> None:
-        self.total, self.b, self.budget, self.model, self.key = total, b, budget, model, key
+        self.total, self.b, self.budget, self.model = total, b, budget, model
+        self.key: Any = None
         self._stops: list[int] | None = None
         self._measuring = False
         if fixed is not None:
             self._stops = [*range(fixed, total, fixed), total]
             return
-        known = _memo(model).get(key) if key is not None else None
+        probe = PROBE_ROWS - PROBE_ROWS % b if b <= PROBE_ROWS else PROBE_ROWS  # whole samples
+        if total <= probe:  # one chunk, whatever a row costs
+            self._stops = [total]
+            return
+        self.key = key() if key is not None else None
+        known = _memo(model).get(self.key) if self.key is not None else None
         if known is not None:
             self._stops = self._plan(0, *known)
             return
-        probe = PROBE_ROWS - PROBE_ROWS % b if b <= PROBE_ROWS else PROBE_ROWS  # whole samples
-        self._stops = [min(total, probe)]
-        self._measuring = self._stops[0] < total
+        self._stops = [probe]
+        self._measuring = True
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """``(start, stop)`` of each chunk's rows."""
@@ -595,28 +636,22 @@ def along_path(
     return (start + a * diff).reshape(-1, *diff.shape[1:])
 
 
-def _fold(
-    part: Tensor,
-    samples: Tensor,
-    examples: Tensor,
-    weights: Tensor | None,
-    whole: tuple[int, int] | None,
-    b: int,
-    example_major: bool = False,
-) -> Tensor:
+def _fold(part: Tensor, chunk: Chunk, weights: Tensor | None) -> Tensor:
     """Sum the rows' contributions per example, ``[N, ...] -> [B, ...]``, weighting samples."""
+    whole, b = chunk.whole, chunk.b
     if whole is not None and whole[1] - whole[0] == 1 and weights is None:
         return part  # the rows are the examples
     if whole is not None:  # whole samples: one matrix-vector product instead of a scatter
         s0, s1 = whole
         w = weights.to(part)[s0:s1] if weights is not None else part.new_ones(s1 - s0)
-        if example_major:  # [B, S, D] -> [B, D]
+        if chunk.example_major:  # [B, S, D] -> [B, D]
             return torch.matmul(w, part.reshape(b, s1 - s0, -1)).reshape(b, *part.shape[1:])
         return (w @ part.reshape(s1 - s0, -1)).reshape(b, *part.shape[1:])
     if weights is not None:
-        w = weights.to(part)[samples.to(part.device)]
+        w = weights.to(part)[chunk.samples.to(part.device)]
         part = part * w.reshape(-1, *[1] * (part.dim() - 1))
-    return part.new_zeros((b, *part.shape[1:])).index_add_(0, examples.to(part.device), part)
+    examples = chunk.examples.to(part.device)
+    return part.new_zeros((b, *part.shape[1:])).index_add_(0, examples, part)
 
 
 def _leaf(value: Tensor) -> Tensor:

@@ -44,9 +44,10 @@ class Saliency(Attribution):
         batch, target_list, multi, layers = self._prepare(
             inputs, target, targets, output, layer, keys, additional_forward_args
         )
+        transform = (lambda _s, g, _p: g.abs()) if abs else None
         with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
-            grads = eng.accumulate(transform=(lambda _s, g, _p: g.abs()) if abs else None)
-        return self._layout(batch, grads, multi, layers, layer_argument(self, layer))
+            grads = eng.accumulate(transform=transform, k_dim=multi)
+        return self._layout(batch, grads, multi, layers, layer_argument(self, layer), k_dim=multi)
 
 
 class InputXGradient(Attribution):
@@ -76,8 +77,9 @@ class InputXGradient(Attribution):
         )
         transform = (lambda _s, g, point: g * point) if self.multiply_by_inputs else None
         with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
-            attributions = eng.accumulate(transform=transform)
-        return self._layout(batch, attributions, multi, layers, layer_argument(self, layer))
+            attributions = eng.accumulate(transform=transform, k_dim=multi)
+        layer_arg = layer_argument(self, layer)
+        return self._layout(batch, attributions, multi, layers, layer_arg, k_dim=multi)
 
 
 class IntegratedGradients(Attribution):

@@ -220,9 +220,13 @@ class ModelAdapter:
         ]
 
     def pick(
-        self, explained: list[Tensor], examples: Tensor, rows_are_inputs: bool = False
+        self,
+        explained: list[Tensor],
+        examples: Tensor | Callable[[], Tensor],
+        rows_are_inputs: bool = False,
     ) -> list[Tensor]:
-        """The scalar per row each target picks from its explained output, ``[N]`` each.
+        """The scalar per row each target picks from its explained output, ``[N]`` each
+        (``examples``: of the rows, or a function making them; see :func:`select`).
 
         ``rows_are_inputs``: the rows are the original inputs themselves, so an unresolved
         ``target=None`` takes each row's own predicted class.

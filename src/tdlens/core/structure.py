@@ -8,8 +8,10 @@ model on replacement leaves, and packs per-key results back into the user's stru
 
 from __future__ import annotations
 
+import cmath
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -180,8 +182,11 @@ class InputBatch:
         for key in self.attributed:
             value = self.leaves[key]
             if value.is_floating_point() or value.is_complex():
-                if value.numel() and torch.isfinite(value.sum()):
-                    continue  # one reduction: NaN and inf propagate into the sum
+                # one reduction (NaN and inf propagate into the sum), read as a Python number:
+                # cheaper than a tensor isfinite on the sum, which is several kernels
+                total = value.sum().item() if value.numel() else math.nan
+                if cmath.isfinite(total):
+                    continue
                 bad = ~torch.isfinite(value)
                 if not bad.any():
                     continue  # the sum overflowed; every entry is finite
@@ -234,12 +239,17 @@ class InputBatch:
 
     # -- calling -------------------------------------------------------------------------------
     def take_rows(
-        self, rows: Tensor, skip: Collection[Key] = (), run: tuple[int, int] | None = None
+        self,
+        rows: Tensor | None,
+        skip: Collection[Key] = (),
+        run: tuple[int, int] | None = None,
     ) -> dict[Key, Any]:
         """Every leaf at the given example indices (pass-through leaves included), except the
         leaves in ``skip`` (those the caller replaces anyway). ``run=(first, stop)``: the
-        caller knows the rows are ``first..stop-1``."""
-        span = run if run is not None else _span(rows)
+        caller knows the rows are ``first..stop-1`` (``rows`` may then be ``None``)."""
+        if rows is None and run is None:
+            raise ValueError("take_rows needs rows or run")
+        span = run if run is not None else _span(cast(Tensor, rows))
         identity = span == (0, self.batch_size)
         out = {}
         for key, value in self.leaves.items():
@@ -250,7 +260,7 @@ class InputBatch:
             elif span is not None:  # a run of consecutive examples: a view, no copy
                 out[key] = value[span[0] : span[1]]
             else:
-                out[key] = value.index_select(0, rows.to(value.device))
+                out[key] = value.index_select(0, cast(Tensor, rows).to(value.device))
         return out
 
     def _has_batch_dim(self, key: Key, value: Any) -> bool:

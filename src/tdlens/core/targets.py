@@ -107,16 +107,21 @@ def predicted(values: Tensor) -> Tensor | None:
     return values.detach().argmax(dim=1)
 
 
-def select(values: Tensor, index: Any, examples: Tensor, name: str) -> Tensor:
+def select(
+    values: Tensor, index: Any, examples: Tensor | Callable[[], Tensor], name: str
+) -> Tensor:
     """The scalar per row that ``index`` picks from ``values`` (``[N, ...]`` -> ``[N]``).
 
     Args:
         values: the explained output for N rows (integration points, noise samples...).
         index: the target, per-example targets indexed by ``examples``.
-        examples: the example each row belongs to (``[N]``, values in ``0..B-1``).
+        examples: the example each row belongs to (``[N]``, values in ``0..B-1``), or a
+            function making them (called only for per-example targets).
         name: the output's name for error messages.
     """
     n = values.shape[0]
+    if type(index) is int and values.dim() == 2 and -values.shape[1] <= index < values.shape[1]:
+        return values[:, index]  # the common case, without the general checks
     if callable(index) and not isinstance(index, Tensor):
         picked = index(values)
         if not isinstance(picked, Tensor) or picked.reshape(-1).shape[0] != n:
@@ -150,6 +155,8 @@ def select(values: Tensor, index: Any, examples: Tensor, name: str) -> Tensor:
                 dim=1 + column,
                 per_example=True,
             )
+        if callable(examples):
+            examples = examples()
         rows = table.index_select(0, examples.to(values.device))
         picked = values[(torch.arange(n, device=values.device), *rows.unbind(1))]
     if picked.dim() != 1:
