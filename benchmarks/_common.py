@@ -145,6 +145,20 @@ def time_interleaved(
     return timings
 
 
+def paired_ratio(timings: dict[str, Timing], slow: str, fast: str) -> float:
+    """Median over rounds of ``slow``'s time over ``fast``'s in the same round: the two runs
+    of a round are adjacent, so the machine's slow and fast spells cancel, where the ratio of
+    minima of a few runs moves by several percent from one run of a script to the next."""
+    pairs = zip(timings[slow].times, timings[fast].times)
+    return statistics.median(a / b for a, b in pairs)
+
+
+def rounds_for(once_s: float, at_least: int, seconds: float, at_most: int) -> int:
+    """Timed rounds for a call that took ``once_s``: at least ``at_least``, more for short
+    calls (``seconds`` of timed runs per variant), at most ``at_most``."""
+    return max(at_least, min(at_most, int(seconds / max(once_s, 1e-6))))
+
+
 def _load_libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -40,7 +39,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from _common import MB, allocator_peak_bytes, environment_lines, format_table, time_interleaved
+from _common import (
+    MB,
+    allocator_peak_bytes,
+    environment_lines,
+    format_table,
+    paired_ratio,
+    rounds_for,
+    time_interleaved,
+)
 from captum import attr as captum
 from torch import nn
 
@@ -229,7 +236,7 @@ def measure(
     once = time.perf_counter() - start
     # short calls get more runs (the minimum of a few 5 ms runs is still noisy), up to
     # MIN_SECONDS per variant
-    runs = max(repeat, min(MAX_REPEAT, int(MIN_SECONDS / max(once, 1e-6))))
+    runs = rounds_for(once, repeat, MIN_SECONDS, MAX_REPEAT)
     timings = time_interleaved({"captum": theirs_fn, "tdlens": ours_fn}, repeat=runs)
     row = Row(
         method.name,
@@ -240,7 +247,7 @@ def measure(
         error,
         method.differs,
         runs,
-        statistics.median(c / t for c, t in zip(timings["captum"].times, timings["tdlens"].times)),
+        paired_ratio(timings, "captum", "tdlens"),
     )
     log(
         f"  {method.name:20s} K={k:2d}: captum {row.captum_s * 1e3:8.1f} ms, tdlens "

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ...core.structure import Key
 from ..base import with_defaults
+from ..engine import whole_samples
 from .base import PerturbationAttribution, Perturbations, masked
 from .features import FeatureLayout
 from .occlusion import WindowGrid
@@ -110,16 +111,27 @@ class Occlusion(PerturbationAttribution):
             offsets[key], start = start, start + grid.n_windows
         inputs_ = {k: run.batch.leaves[k] for k in run.batch.attributed}
 
+        b = run.batch.batch_size
+
         def build(samples: Tensor, examples: Tensor) -> dict[Key, Tensor]:
+            # rows of whole samples (every window over every example): the S window masks
+            # broadcast over the B examples, nothing is gathered
+            whole = whole_samples(samples, examples, b)
+            if whole is not None:
+                samples = torch.arange(*whole)
             out = {}
             for key, grid in grids.items():
-                x = inputs_[key].index_select(0, examples.to(inputs_[key].device))
+                x, base = inputs_[key], run.baselines[key]
                 local = samples - offsets[key]
                 inside = (local >= 0) & (local < grid.n_windows)
                 window = grid.masks(local.clamp(0, grid.n_windows - 1)).to(x.device)
                 window &= inside.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
-                base = run.baselines[key].index_select(0, examples.to(x.device))
-                out[key] = torch.where(window, base, x)
+                if whole is not None:  # [S, 1, ...] against [1, B, ...]
+                    both = torch.where(window.unsqueeze(1), base.unsqueeze(0), x.unsqueeze(0))
+                    out[key] = both.reshape(-1, *x.shape[1:])
+                    continue
+                rows = examples.to(x.device)
+                out[key] = torch.where(window, base.index_select(0, rows), x.index_select(0, rows))
             return out
 
         full, scores = run.evaluate(Perturbations(start, build))
