@@ -46,7 +46,8 @@ class GradientEngine:
         batch: the inputs.
         targets: the K targets.
         layers: module paths to attribute to instead of the inputs.
-        internal_batch_size: rows per forward pass (``None``: all at once).
+        internal_batch_size: rows per forward pass (``None``: chunks sized to
+            ``MEMORY_BUDGET``, see :class:`ChunkPlan`).
     """
 
     def __init__(

@@ -268,7 +268,11 @@ def _default_rows(batch: InputBatch) -> int:
     per_row = sum(int(batch.leaves[k][0].numel()) for k in batch.attributed) or 1
     device = batch.leaves[batch.attributed[0]].device.type if batch.attributed else "cpu"
     budget = ROW_BUDGET_ELEMENTS["cpu" if device == "cpu" else "other"]
-    return int(min(8192, max(64, budget // per_row, batch.batch_size)))
+    b = batch.batch_size
+    rows = int(min(8192, max(64, budget // per_row, b)))
+    # whole samples per chunk (rows are sample * B + example): samplers build them by
+    # broadcasting over the examples instead of gathering rows
+    return max(b, rows - rows % b) if b else rows
 
 
 def check_samples(n_samples: Any, name: str = "n_samples", minimum: int = 1) -> int:
