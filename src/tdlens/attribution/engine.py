@@ -73,7 +73,6 @@ class GradientEngine:
         self.internal_batch_size = internal_batch_size
         self.memory_budget = memory_budget
         self.adapter = ModelAdapter(model, batch, targets, layers)
-        self.chunk: Chunk | None = None  # the chunk of the rows :meth:`gradients` last yielded
         self.sites: list[Site] = list(layers) if layers else list(batch.attributed)
 
     def __enter__(self) -> GradientEngine:
@@ -219,9 +218,10 @@ class GradientEngine:
         branches (max pooling, ReLU's backward) run up to 20% faster on alike neighbours.
 
         Yields ``(chunk, t, grads, at)``: the :class:`Chunk` (the same object for every target
-        of a chunk; its ``rows`` are the rows of the gradients), the target index, and per site the gradient of target ``t`` and the (detached) point
-        where it was taken, ``[N, ...]`` each. Methods that combine gradients across rows
-        (conductance pairs each point with the next one) fold these themselves.
+        of a chunk; its ``rows`` are the rows of the gradients), the target index, and per site
+        the gradient of target ``t`` and the (detached) point where it was taken, ``[N, ...]``
+        each. Methods that combine gradients across rows (conductance pairs each point with
+        the next one) fold these themselves.
 
         ``forward_scope(samples[N], examples[N])``, if given, is a context manager entered
         around each chunk's forward pass only (not the target selection, not the backward
@@ -249,7 +249,7 @@ class GradientEngine:
             lambda: self._layout(points, forward_scope, through),
         )
         for start, stop in chunks:
-            chunk = self.chunk = Chunk(start, stop, b, by_example)
+            chunk = Chunk(start, stop, b, by_example)
             site_points = points(chunk.samples, chunk.examples) if points is not None else None
             for group in self._site_groups(site_points):
                 scope = (
