@@ -52,16 +52,73 @@ def test_methods_leave_model_untouched(make, kwargs):
     assert_untouched(model, before)
 
 
-def test_train_mode_model_stays_in_train_mode():
+TRAIN_MODE_CALLS = {
+    "Saliency": lambda m, x: tdlens.Saliency(m).attribute(x, targets=[0, 1]),
+    "IntegratedGradients": lambda m, x: tdlens.IntegratedGradients(m).attribute(
+        x, target=0, n_steps=3, internal_batch_size=4
+    ),
+    "SmoothGrad": lambda m, x: tdlens.SmoothGrad(m).attribute(x, target=0, nt_samples=3, seed=0),
+    "GradientShap": lambda m, x: tdlens.GradientShap(m).attribute(x, randn(2, 4), target=0),
+    "DeepLift": lambda m, x: tdlens.DeepLift(m).attribute(x, target=0),
+    "Conductance": lambda m, x: tdlens.Conductance(m).attribute(x, target=0, layer="norm"),
+    "FeatureAblation": lambda m, x: tdlens.FeatureAblation(m).attribute(x, target=0),
+    "Occlusion": lambda m, x: tdlens.Occlusion(m).attribute(x, (2,), target=0),
+    "KernelShap": lambda m, x: tdlens.KernelShap(m).attribute(x, target=0, n_samples=8, seed=0),
+    "infidelity": lambda m, x: tdlens.metrics.infidelity(
+        m, lambda x: (0.1 * torch.ones_like(x), x - 0.1), x, torch.ones_like(x), target=0
+    ),
+}
+
+
+@pytest.mark.parametrize("call", TRAIN_MODE_CALLS.values(), ids=TRAIN_MODE_CALLS)
+def test_train_mode_batchnorm_statistics_are_restored(call):
+    """In training mode every forward pass updates BatchNorm's running statistics (in place,
+    without bumping their version); the call puts them back: same values, same tensors."""
     model = seeded(BatchNormNet()).train()
     before = model_state(model)
-    tdlens.IntegratedGradients(model).attribute(randn(5, 4), target=0, n_steps=3)
-    before["tensors"] = {
-        k: v for k, v in before["tensors"].items() if "running" not in k and "num_batches" not in k
-    }
-    after = model_state(model)
-    assert after["training"] == before["training"] and all(after["training"].values())
-    assert after["hooks"] == before["hooks"]
+    buffers = dict(model.named_buffers())
+    call(model, randn(5, 4))
+    assert_untouched(model, before)
+    assert all(after is buffers[name] for name, after in model.named_buffers())
+    assert all(model_state(model)["training"].values())
+
+
+def test_train_mode_buffers_are_restored_after_an_exception():
+    model = seeded(BatchNormNet()).train()
+    before = model_state(model)
+
+    def explode(*_args):
+        if model.norm.num_batches_tracked > 2:
+            raise RuntimeError("boom")
+
+    handle = model.head.register_forward_pre_hook(explode)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            tdlens.IntegratedGradients(model).attribute(
+                randn(5, 4), target=0, n_steps=4, internal_batch_size=5
+            )
+    finally:
+        handle.remove()
+    assert_untouched(model, before)
+
+
+def test_a_replaced_buffer_is_put_back():
+    """A module that assigns a new tensor to its buffer in forward gets the original back."""
+
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls = self.calls + 1
+            return self.lin(x)
+
+    model = seeded(Counter()).train()
+    original = model.calls
+    tdlens.Saliency(model).attribute(randn(5, 4), target=0)
+    assert model.calls is original and float(original) == 0.0
 
 
 @pytest.mark.parametrize("make", METHODS)

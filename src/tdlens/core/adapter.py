@@ -80,12 +80,14 @@ class ModelAdapter:
         self._module_specs = sorted({s for s in self.specs if s[0] == "module"}, key=str)
         self._needs_model_output = any(s[0] == "model" for s in self.specs)
         self._hooks = HookSet()
+        self._buffers = _TrainingBuffers(None)  # taken on entering
         self._captured: dict[ModulePath, Any] = {}
         self._layer_values: dict[ModulePath, Tensor] = {}
         self._layer_mode = "observe"
         self._replacements: dict[ModulePath, Tensor] = {}
 
     def __enter__(self) -> ModelAdapter:
+        self._buffers = _TrainingBuffers(self.model)
         if self._module_specs or self.layers:
             model = cast(nn.Module, self.model)  # module paths were resolved on a Module
             for _, path in self._module_specs:
@@ -95,7 +97,10 @@ class ModelAdapter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._hooks.close()
+        try:
+            self._hooks.close()
+        finally:
+            self._buffers.restore()
 
     # -- hooks ---------------------------------------------------------------------------------
     def _capture(self, path: ModulePath, value: Any) -> None:
@@ -241,6 +246,36 @@ class ModelAdapter:
                     continue
             picked.append(select(values, index, examples, spec_name(self.specs[i])))
         return picked
+
+
+class _TrainingBuffers:
+    """The buffers of the modules in training mode, as they were: a forward pass in training
+    mode updates some of them in place (BatchNorm's running statistics and batch count,
+    spectral norm's power-iteration vectors), and the attribution's many forward passes over
+    perturbed or interpolated rows must not leave the user's model changed. Eval-mode
+    modules update nothing and cost nothing here."""
+
+    def __init__(self, model: Any) -> None:
+        self.saved: list[tuple[nn.Module, str, Tensor, Tensor]] = []
+        if not isinstance(model, nn.Module):
+            return
+        for module in model.modules():
+            if not module.training:
+                continue
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    self.saved.append((module, name, buffer, buffer.clone()))
+
+    def restore(self) -> None:
+        """Put back every buffer, the same object with its old values. All are copied back:
+        BatchNorm's kernel writes its running statistics without bumping their version
+        counter, so a write cannot be detected cheaply."""
+        with torch.no_grad():
+            for module, name, buffer, values in self.saved:
+                if module._buffers.get(name) is not buffer:
+                    module._buffers[name] = buffer
+                buffer.copy_(values)
+        self.saved = []
 
 
 def parse_layers(model: nn.Module, layer: Any) -> list[ModulePath]:
