@@ -50,13 +50,26 @@ def small_budget(monkeypatch):
 
 def test_default_chunks_follow_the_budget_and_equal_one_chunk(small_budget):
     model, x = small_budget
-    ours = tdlens.IntegratedGradients(model).attribute(x, targets=[0, 2], n_steps=8)
+    ours = tdlens.IntegratedGradients(model).attribute(x, target=0, n_steps=8)
     # a probe of 4 rows (2 whole samples), then the other 12 rows in chunks of at most 6
     # rows (the budget), whole samples of B=2, as even as can be
     assert model.rows == [4, 6, 6]
     whole = tdlens.IntegratedGradients(model).attribute(
-        x, targets=[0, 2], n_steps=8, internal_batch_size=16
+        x, target=0, n_steps=8, internal_batch_size=16
     )
+    torch.testing.assert_close(ours, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_several_targets_halve_the_budget(small_budget):
+    """With K > 1 the graph is kept for K backward passes, each with its temporaries: the
+    chunks save at most half the budget (3 rows here, so one whole sample of B=2 each)."""
+    model, x = small_budget
+    ig = tdlens.IntegratedGradients(model)
+    ig.attribute(x, target=0, n_steps=8)  # measured: later calls plan up front
+    model.rows.clear()
+    ours = ig.attribute(x, targets=[0, 2], n_steps=8)
+    assert model.rows == [2] * 8
+    whole = ig.attribute(x, targets=[0, 2], n_steps=8, internal_batch_size=16)
     torch.testing.assert_close(ours, whole, rtol=1e-12, atol=1e-12)
 
 

@@ -247,6 +247,7 @@ class GradientEngine:
             self.memory_budget,
             self.model,
             lambda: self._layout(points, forward_scope, through),
+            targets=k,
         )
         for start, stop in chunks:
             chunk = Chunk(start, stop, b, by_example)
@@ -421,6 +422,11 @@ def _at_layers(site_points: dict[Site, Tensor]) -> bool:
 # in a fresh process 16-24 MiB chunks avoided faults that 48 MiB ones took. Accelerators
 # prefer large chunks. The first chunk has at most PROBE_ROWS rows: the bytes per row are
 # measured there (and remembered per model and row layout, so later calls skip the probe).
+# With K > 1 targets the graph is kept while each backward pass builds its temporaries (about
+# the saved bytes again), so a chunk may save half the budget: on the gradient family's CNN
+# at K = 10, 24 MiB chunks ran IG 1.29x, LayerConductance 1.2x and SmoothGrad 1.13x faster
+# than 48 MiB ones (7,600 page faults per IG call against 90,000) with half the peak memory;
+# at K = 1 the two budgets ran alike there.
 MEMORY_BUDGET = {"cpu": 48 * 2**20, "other": 2 * 2**30}
 PROBE_ROWS = 32
 
@@ -476,6 +482,7 @@ class ChunkPlan:
         model: the model whose weights are not counted as activations (and the memo's key).
         key: a function giving what else determines the bytes per row (the inputs' shapes,
             layers, method); called only when the rows do not fit one probe chunk.
+        targets: K, the backward passes over each chunk's graph (K > 1 halves the budget).
     """
 
     def __init__(
@@ -486,8 +493,10 @@ class ChunkPlan:
         budget: int | None,
         model: Any = None,
         key: Callable[[], Any] | None = None,
+        targets: int = 1,
     ) -> None:
         self.total, self.b, self.budget, self.model = total, b, budget, model
+        self.targets = targets
         self.key: Any = None
         self._stops: list[int] | None = None
         self._measuring = False
@@ -534,6 +543,8 @@ class ChunkPlan:
         are as even as possible (a small last chunk costs a pass for few rows), and of whole
         samples when one fits (the cheap accumulation path)."""
         budget = self.budget or MEMORY_BUDGET["cpu" if device.type == "cpu" else "other"]
+        if self.targets > 1:  # the kept graph plus one backward pass's temporaries
+            budget //= 2
         size, unit = max(1, budget // per_row), 1
         stops: list[int] = []
         if size >= self.b:
