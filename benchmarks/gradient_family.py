@@ -14,8 +14,9 @@ below 1e-4; tdlens's DeepLift has its own max-pooling rule, so it differs on thi
 design); the sampling ones (SmoothGrad, GradientShap) draw differently and are compared in
 float64 with shared draws in the tests instead. Each variant then runs once untimed
 (warm-up), then in round-robin order (alternating which goes first) ``--repeat`` times, or
-more for short calls: as many runs as fill one second of captum's time, up to 101 (column
-"runs"). The fastest run of each is reported (on a shared machine other jobs only ever add
+more for short calls: as many runs as fill two seconds of captum's time, up to 301 (column
+"runs": the median of paired ratios of a 5 ms call then moves by about 1% between runs of
+the script, against 2% with 101). The fastest run of each is reported (on a shared machine other jobs only ever add
 time, so the minimum is the least noisy). Peak memory is the extra CPU memory PyTorch's allocator holds during one call (``_common.allocator_peak_bytes``).
 The ratio table comes last. ``speedup`` is the median over rounds of ``captum time / tdlens
 time`` within the round (the two runs of a round are adjacent in time, so the ratio cancels
@@ -58,8 +59,8 @@ TARGET_K10 = 1.6
 CHECK_TOLERANCE = 1e-4
 N_STEPS = 20
 N_SAMPLES = 10
-MIN_SECONDS = 1.0  # timed seconds per variant at least (short calls get more runs)
-MAX_REPEAT = 101
+MIN_SECONDS = 2.0  # timed seconds per variant at least (short calls get more runs)
+MAX_REPEAT = 301
 
 
 class SmallCNN(nn.Module):
