@@ -35,6 +35,7 @@ import ctypes.util
 import gc
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -151,6 +152,19 @@ def paired_ratio(timings: dict[str, Timing], slow: str, fast: str) -> float:
     minima of a few runs moves by several percent from one run of a script to the next."""
     pairs = zip(timings[slow].times, timings[fast].times)
     return statistics.median(a / b for a, b in pairs)
+
+
+def paired_ratio_interval(
+    timings: dict[str, Timing], slow: str, fast: str, resamples: int = 400
+) -> tuple[float, float]:
+    """A 95% bootstrap interval of :func:`paired_ratio` (rounds resampled with replacement,
+    a fixed seed): how far the median could move with the same machine and more rounds."""
+    ratios = [a / b for a, b in zip(timings[slow].times, timings[fast].times)]
+    draw = random.Random(0)
+    medians = sorted(
+        statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def rounds_for(once_s: float, at_least: int, seconds: float, at_most: int) -> int:

@@ -46,6 +46,7 @@ from _common import (
     environment_lines,
     format_table,
     paired_ratio,
+    paired_ratio_interval,
     rounds_for,
     time_interleaved,
 )
@@ -89,6 +90,8 @@ class Method:
 
     name: str
     captum_one: Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
+    # tdlens for a list of targets: ``target=`` for one (as a captum user calls it, no K dim),
+    # ``targets=`` for several
     tdlens_many: Callable[[nn.Module, torch.Tensor, list[int]], torch.Tensor] | None
     deterministic: bool = True
     differs: str | None = None  # why the results differ from captum's by design
@@ -107,7 +110,13 @@ def methods(baselines: torch.Tensor) -> list[Method]:
     def ours(name: str, build: Callable[[nn.Module], Any], **options: Any) -> Any:
         if not has(name):
             return None
-        return lambda model, x, targets: build(model).attribute(x, targets=targets, **options)
+
+        def call(model: nn.Module, x: torch.Tensor, targets: list[int]) -> Any:
+            if len(targets) == 1:
+                return build(model).attribute(x, target=targets[0], **options)
+            return build(model).attribute(x, targets=targets, **options)
+
+        return call
 
     return [
         Method(
@@ -191,8 +200,6 @@ def captum_loop(method: Method, model: nn.Module, x: torch.Tensor, targets: list
 def tdlens_call(method: Method, model: nn.Module, x: torch.Tensor, targets: list[int]) -> Any:
     """tdlens for K targets: one call (``target=`` for K=1, like a captum user would)."""
     assert method.tdlens_many is not None
-    if len(targets) == 1:
-        return method.tdlens_many(model, x, targets)[:, 0]
     return method.tdlens_many(model, x, targets)
 
 
@@ -214,6 +221,7 @@ class Row:
     differs: str | None = None
     runs: int = 0
     paired: float = 0.0  # median over rounds of captum time / tdlens time
+    interval: tuple[float, float] = (0.0, 0.0)  # its 95% bootstrap interval
 
     @property
     def speedup(self) -> float:
@@ -221,7 +229,13 @@ class Row:
 
 
 def measure(
-    method: Method, model: nn.Module, x: torch.Tensor, k: int, repeat: int, log: Callable
+    method: Method,
+    model: nn.Module,
+    x: torch.Tensor,
+    k: int,
+    repeat: int,
+    log: Callable,
+    rounds: int | None = None,
 ) -> Row:
     targets = list(range(k))
     theirs_fn = lambda: captum_loop(method, model, x, targets)  # noqa: E731
@@ -237,7 +251,7 @@ def measure(
     once = time.perf_counter() - start
     # short calls get more runs (the minimum of a few 5 ms runs is still noisy), up to
     # MIN_SECONDS per variant
-    runs = rounds_for(once, repeat, MIN_SECONDS, MAX_REPEAT)
+    runs = rounds or rounds_for(once, repeat, MIN_SECONDS, MAX_REPEAT)
     timings = time_interleaved({"captum": theirs_fn, "tdlens": ours_fn}, repeat=runs)
     row = Row(
         method.name,
@@ -249,10 +263,12 @@ def measure(
         method.differs,
         runs,
         paired_ratio(timings, "captum", "tdlens"),
+        paired_ratio_interval(timings, "captum", "tdlens"),
     )
     log(
         f"  {method.name:20s} K={k:2d}: captum {row.captum_s * 1e3:8.1f} ms, tdlens "
-        f"{row.tdlens_s * 1e3:8.1f} ms, speedup {row.speedup:5.2f}; peak "
+        f"{row.tdlens_s * 1e3:8.1f} ms, speedup {row.speedup:5.2f} "
+        f"({row.interval[0]:.2f}-{row.interval[1]:.2f}); peak "
         f"{row.captum_peak / MB:6.1f} / {row.tdlens_peak / MB:6.1f} MiB"
     )
     return row
@@ -265,6 +281,7 @@ def render(rows: list[Row]) -> str:
         "captum ms (min)",
         "tdlens ms (min)",
         "speedup",
+        "95% interval",
         "of minima",
         "target",
         "captum peak MiB",
@@ -284,6 +301,7 @@ def render(rows: list[Row]) -> str:
                 f"{r.captum_s * 1e3:.1f}",
                 f"{r.tdlens_s * 1e3:.1f}",
                 f"{speedup:.2f}",
+                f"{r.interval[0]:.2f}-{r.interval[1]:.2f}",
                 f"{r.captum_s / r.tdlens_s:.2f}",
                 f">= {goal} {'met' if speedup >= goal else 'MISSED'}",
                 f"{r.captum_peak / MB:.1f}",
@@ -320,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         "cores make timings erratic; 0 keeps torch's default)",
     )
     parser.add_argument("--only", nargs="*", help="method names to run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="timed rounds for every variant (default: at least --repeat, more for short calls)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -343,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(method.name)
             continue
         for k in (1, 10):
-            rows.append(measure(method, model, x, k, args.repeat, log))
+            rows.append(measure(method, model, x, k, args.repeat, log, args.rounds))
     log("load average at end (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     if missing:
         log(f"not in tdlens yet (skipped): {', '.join(missing)}")
