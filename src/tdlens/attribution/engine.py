@@ -415,19 +415,20 @@ def _at_layers(site_points: dict[Site, Tensor]) -> bool:
 # What one chunk's forward pass may save for backward when no internal_batch_size is given.
 # On CPU, graphs much larger than this run slower, not faster: a 3200-row IG chunk of a small
 # CNN (~380 MB of saved activations) took 2.5x longer than ten chunks of 320 rows, most of the
-# difference in page faults (glibc hands blocks above its mmap threshold, at most 32 MiB, back
-# to the system on free, and the next chunk faults them in again). Below that, larger chunks
-# are a little faster (up to 5% on a small CNN: fewer, fuller kernel calls) once the process's
-# allocator has seen large blocks, which is the usual state (glibc then raises its threshold);
-# in a fresh process 16-24 MiB chunks avoided faults that 48 MiB ones took. Accelerators
-# prefer large chunks. The first chunk has at most PROBE_ROWS rows: the bytes per row are
-# measured there (and remembered per model and row layout, so later calls skip the probe).
-# With K > 1 targets the graph is kept while each backward pass builds its temporaries (about
-# the saved bytes again), so a chunk may save half the budget: on the gradient family's CNN
-# at K = 10, 24 MiB chunks ran IG 1.29x, LayerConductance 1.2x and SmoothGrad 1.13x faster
-# than 48 MiB ones (7,600 page faults per IG call against 90,000) with half the peak memory;
-# at K = 1 the two budgets ran alike there.
-MEMORY_BUDGET = {"cpu": 48 * 2**20, "other": 2 * 2**30}
+# difference in page faults. glibc hands freed blocks above its mmap threshold (at most 32 MiB)
+# back to the system, and trims the top of its heap once more than twice that is free, so a
+# chunk whose graph and backward temporaries pass about 64 MiB faults its memory in afresh on
+# every call, and which calls do depends on what the process allocated before. Smaller chunks
+# cost fuller kernel calls (a few percent on a small CNN when no faults are taken). Measured on
+# the gradient family's CNN, interleaving budgets in one process: at K = 1, 48 MiB took
+# 7,600-51,000 faults per SmoothGrad or IG call and ran 1.25-1.28x slower than 32 MiB; at
+# K > 1 targets the graph is kept while each backward pass builds its temporaries (about the
+# saved bytes again), so a chunk may save half the budget: 16 MiB ran IG at K = 10 1.18x
+# faster than 24 MiB and 1.18x faster than 12 MiB (0 faults; 53,000 at 24 MiB), and halved
+# the peak memory. Accelerators prefer large chunks. The first chunk has at most PROBE_ROWS
+# rows: the bytes per row are measured there (and remembered per model and row layout, so
+# later calls skip the probe).
+MEMORY_BUDGET = {"cpu": 32 * 2**20, "other": 2 * 2**30}
 PROBE_ROWS = 32
 
 
