@@ -417,20 +417,19 @@ def _at_layers(site_points: dict[Site, Tensor]) -> bool:
 # CNN (~380 MB of saved activations) took 2.5x longer than ten chunks of 320 rows, most of the
 # difference in page faults. glibc hands freed blocks above its mmap threshold (at most 32 MiB)
 # back to the system, and trims the top of its heap once more than twice that is free, so a
-# chunk whose graph and backward temporaries pass about 64 MiB faults its memory in afresh on
-# every call, and which calls do depends on what the process allocated before. Smaller chunks
-# cost fuller kernel calls (a few percent on a small CNN when no faults are taken). Measured on
-# the gradient family's CNN, interleaving budgets in one process: at K = 1, 48 MiB took
-# 7,600-51,000 faults per SmoothGrad or IG call and ran 1.25-1.28x slower than 32 MiB; at
-# K > 1 targets the graph is kept while each backward pass builds its temporaries (about the
-# saved bytes again), so a chunk may save half the budget: 16 MiB ran IG at K = 10 1.18x
-# faster than 24 MiB and 1.18x faster than 12 MiB (0 faults; 53,000 at 24 MiB), and halved
-# the peak memory. In fresh processes, one budget each, 32 MiB against 48 MiB: IG at K = 10
-# 1.36x faster on that CNN and 1.11x on ig_multitarget's (two threads), SmoothGrad at K = 1
-# 1.06x, IG at K = 1 0.88x (both budgets faulting there). Accelerators prefer large chunks. The first chunk has at most PROBE_ROWS
-# rows: the bytes per row are measured there (and remembered per model and row layout, so
-# later calls skip the probe).
-MEMORY_BUDGET = {"cpu": 32 * 2**20, "other": 2 * 2**30}
+# chunk whose graph and backward temporaries pass about 64 MiB may fault its memory in afresh
+# on every call; whether it does depends on what the process allocated before, and smaller
+# chunks cost emptier kernel calls. With K > 1 targets the graph is kept while each backward
+# pass builds its temporaries (about the saved bytes again), so a chunk may save half the
+# budget. Measured in benchmarks/gradient_family.py (full runs, speed-up over captum, 48 MiB
+# and halving against 32 MiB and halving): IG 2.64-3.01 against 2.21-2.33 at K = 10,
+# LayerConductance 5.6-6.2 against 4.8-5.0, GradientShap 1.02-1.04 against 1.00 at K = 1;
+# halving itself took IG at K = 10 from 90,000 page faults a call to 7,600 and ran it 1.29x
+# faster with half the peak memory. Isolated A/B runs of budgets in one process moved either
+# way by 10-30% with the allocator's state. Accelerators prefer large chunks. The first chunk
+# has at most PROBE_ROWS rows: the bytes per row are measured there (and remembered per model
+# and row layout, so later calls skip the probe).
+MEMORY_BUDGET = {"cpu": 48 * 2**20, "other": 2 * 2**30}
 PROBE_ROWS = 32
 
 
