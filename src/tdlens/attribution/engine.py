@@ -422,8 +422,8 @@ def _at_layers(site_points: dict[Site, Tensor]) -> bool:
 # chunks cost emptier kernel calls. With K > 1 targets the graph is kept while each backward
 # pass builds its temporaries (about the saved bytes again), so a chunk may save half the
 # budget. Measured in benchmarks/gradient_family.py (full runs, speed-up over captum, 48 MiB
-# and halving against 32 MiB and halving): IG 2.64-3.01 against 2.21-2.33 at K = 10,
-# LayerConductance 5.6-6.2 against 4.8-5.0, GradientShap 1.02-1.04 against 1.00 at K = 1;
+# and halving against 32 MiB and halving): IG 2.39-3.01 against 2.21-2.33 at K = 10,
+# LayerConductance 5.3-6.2 against 4.8-5.0, GradientShap 1.02-1.03 against 1.00 at K = 1;
 # halving itself took IG at K = 10 from 90,000 page faults a call to 7,600 and ran it 1.29x
 # faster with half the peak memory. Isolated A/B runs of budgets in one process moved either
 # way by 10-30% with the allocator's state. Accelerators prefer large chunks. The first chunk
