@@ -38,8 +38,11 @@ def main() -> None:
         row_labels=[f"label {int(y)}" for y in y_test[:4]],
         dpi=80,
     ).save(OUT / "viz-grid.png")
+    def probabilities(inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs).softmax(-1)
+
     curves = {
-        name: tdlens.metrics.deletion(model, x, attr, target=pred, feature_mask="pixels")
+        name: tdlens.metrics.deletion(probabilities, x, attr, target=pred, feature_mask="pixels")
         for name, attr in (
             ("Saliency", saliency),
             ("IntegratedGradients", ig),

@@ -107,7 +107,7 @@ def heatmap(
     sign: str = "auto",
     reduce: str = "sum",
     cmap: str | None = None,
-    alpha: float = 0.65,
+    alpha: float = 0.6,
     colorbar: bool = True,
     title: str | None = None,
     ax: Any = None,
@@ -159,7 +159,9 @@ def heatmap(
     target = axes[-1]
     if shown is not None:
         grey, grey_cmap = shown
-        axes[0].imshow(grey, cmap=grey_cmap, interpolation="nearest")
+        # under a map the image is faded, so that its dark pixels do not darken the colours
+        faded = 0.6 if not side else None
+        axes[0].imshow(grey, cmap=grey_cmap, interpolation="nearest", alpha=faded)
     drawn = target.imshow(
         values,
         cmap=cmap or (_SIGNED_CMAP if signed else _UNSIGNED_CMAP),
