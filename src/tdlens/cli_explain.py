@@ -68,15 +68,9 @@ def load_object(spec: str) -> Any:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise CliError(f"{module_name} has no attribute {attribute!r}{hint}")
         value = getattr(value, part)
-    if inspect.isfunction(value) or (inspect.isclass(value) and not _is_module_instance(value)):
-        value = value()
+    if inspect.isfunction(value) or inspect.isclass(value):
+        value = value()  # a factory: make_model, or an nn.Module class with default arguments
     return value
-
-
-def _is_module_instance(value: Any) -> bool:
-    from torch import nn
-
-    return isinstance(value, nn.Module)
 
 
 def load_inputs(path: Path) -> Any:

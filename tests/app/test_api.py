@@ -229,11 +229,12 @@ def test_explorer_rejects_bad_configuration(digits_cache: Path) -> None:
         Explorer(lambda x: x, (torch.zeros(2, 3), torch.zeros(2)), modality="text")
     with pytest.raises(ValueError, match=r"method GradCam does not run here: .*pass layer="):
         make_explorer(digits_cache, methods={"GradCam": {}})
-    app = make_explorer(digits_cache, methods={"GradCam": {"layer": "features.2"}})
+    app = make_explorer(digits_cache, methods={"GradCam": {"layer": "features.4"}})
     names = [arg["name"] for arg in app.methods()[0]["args"]]
     assert "relu_attributions" in names and "layer" not in names
-    assert app.attribute(0, "GradCam", 1)["shape"] == [1, 8, 8]  # features.2: 8x8, one map
-    assert app.attribution_png(0, "GradCam", 1)[:4] == b"\x89PNG"  # drawn alone if not input-shaped
+    answer = app.attribute(0, "GradCam", 1)  # the pooled layer's 4x4 map: no deletion curve
+    assert answer["shape"] == [1, 4, 4] and answer["deletion"] is None
+    assert app.attribution_png(0, "GradCam", 1)[:4] == b"\x89PNG"  # drawn alone, not over 8x8
     with pytest.raises(ExplorerError, match="no sample -1"):
         app.attribute(-1, "GradCam")
 

@@ -291,9 +291,17 @@ class Explorer:
         # per-pixel deletion for images (all channels of a pixel at once), per-feature else;
         # on class probabilities, as in RISE, so that the area lies in [0, 1]
         mask = "pixels" if self.modality == "image" and x.ndim == 4 else None
-        curve = tdlens.metrics.deletion(
-            self._probabilities, x, attr, target=target, feature_mask=mask
-        )
+        try:
+            curve = tdlens.metrics.deletion(
+                self._probabilities, x, attr, target=target, feature_mask=mask
+            )
+            deletion: dict[str, Any] | None = {
+                "auc": float(curve.score[0]),
+                "fractions": curve.fractions.tolist(),
+                "curve": curve.curve[0].tolist(),
+            }
+        except (tdlens.TdlensError, ValueError, RuntimeError):
+            deletion = None  # e.g. a layer's map (GradCam) that does not fit the input
         answer = {
             "sample": index,
             "method": spec.name,
@@ -306,11 +314,7 @@ class Explorer:
             "scores": attr[0].reshape(-1).tolist(),
             "shape": list(attr.shape[1:]),
             "took_ms": round(took_ms, 3),
-            "deletion": {
-                "auc": float(curve.score[0]),
-                "fractions": curve.fractions.tolist(),
-                "curve": curve.curve[0].tolist(),
-            },
+            "deletion": deletion,
         }
         if self.feature_names is not None:
             answer["elements"] = self.feature_names
@@ -334,12 +338,15 @@ class Explorer:
 
         answer = self.attribute(sample, method, target, args)
         scores = torch.tensor(answer["scores"]).reshape(answer["shape"])
-        return attribution_png(
-            self.sample(answer["sample"]),
-            scores,
-            modality=self.modality,
-            feature_names=self.feature_names,
-        )
+        try:
+            return attribution_png(
+                self.sample(answer["sample"]),
+                scores,
+                modality=self.modality,
+                feature_names=self.feature_names,
+            )
+        except ValueError as error:
+            raise ExplorerError(f"cannot draw this attribution: {error}") from None
 
     def _probabilities(self, x: Tensor) -> Tensor:
         return self.model(x).softmax(-1)

@@ -182,7 +182,7 @@ function renderPanel(answer, kind) {
   panel.appendChild(picture);
   const peak = answer.scores.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
   panel.appendChild(el("p", { className: "metrics took" }, answer.method + ": " + answer.took_ms.toFixed(1) + " ms" + (answer.cached ? " (cached)" : "")));
-  panel.appendChild(el("p", { className: "metrics deletion" }, "deletion AUC: " + answer.deletion.auc.toFixed(4) + " (class probability; lower is better)"));
+  panel.appendChild(el("p", { className: "metrics deletion" }, answer.deletion ? "deletion AUC: " + answer.deletion.auc.toFixed(4) + " (class probability; lower is better)" : "deletion AUC: n/a for this map"));
   panel.appendChild(el("p", { className: "metrics peak" }, "largest |attribution|: " + peak.toPrecision(3)));
   return panel;
 }
