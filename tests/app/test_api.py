@@ -272,3 +272,48 @@ def test_tabular_modality_names_the_features(tmp_path: Path) -> None:
         assert call(app.url + "api/sample/4/image")[0] == 404
     finally:
         app.stop()
+
+
+def test_datasets_of_pairs_and_without_labels() -> None:
+    """A list of (input, label) pairs reads like tensors; without labels nothing is misclassified."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2)).eval()
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    pairs = Explorer(model, list(zip(x, y)), methods=["Saliency"], modality="tabular")
+    tensors = Explorer(model, (x, y), methods=["Saliency"], modality="tabular")
+    assert pairs.samples() == tensors.samples()
+    assert (
+        pairs.attribute(2, "Saliency", 1)["scores"] == tensors.attribute(2, "Saliency", 1)["scores"]
+    )
+    bare = Explorer(model, x, methods=["Saliency"], modality="tabular")
+    assert bare.info()["has_labels"] is False and bare.classes == ["0", "1"]
+    assert bare.samples()["samples"][0]["label"] is None
+    with pytest.raises(ExplorerError, match="no labels"):
+        bare.samples(misclassified=True)
+    with pytest.raises(ValueError, match="tabular samples must be vectors"):
+        Explorer(model, torch.zeros(4, 2, 3), modality="tabular")
+    with pytest.raises(ValueError, match="2 feature names for 3"):
+        Explorer(model, x, modality="tabular", feature_names=["a", "b"])
+
+
+def test_worker_refuses_when_the_queue_is_full() -> None:
+    """A full queue answers 503 after a short wait; identical jobs in flight are merged."""
+    import threading
+
+    from tdlens.app.worker import Worker
+
+    release = threading.Event()
+    worker = Worker(max_queued=1, wait_s=0.05)
+    running = worker.submit("a", lambda: release.wait(10))
+    for _ in range(1000):  # until the worker took "a" off the queue
+        if running.running():
+            break
+        threading.Event().wait(0.01)
+    waiting = worker.submit("b", lambda: "b")  # fills the one slot
+    assert worker.submit("b", lambda: "other") is waiting
+    with pytest.raises(ExplorerError, match="busy") as refused:
+        worker.submit("c", lambda: "c")
+    assert refused.value.status == 503
+    release.set()
+    assert running.result(10) is True and waiting.result(10) == "b"
+    worker.close()
