@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .data import freeze, predict_all, split_dataset
 from .methods import ExplorerError, MethodSpec, build_methods
 from .worker import Worker
 
@@ -76,7 +77,7 @@ class Explorer:
         self.model = model
         self.modality = modality
         self.title = str(title)
-        self._inputs, self._labels = _split_dataset(dataset)
+        self._inputs, self._labels = split_dataset(dataset)
         if len(self) == 0:
             raise ValueError("the dataset is empty")
         shape = tuple(self.sample(0).shape)
@@ -135,28 +136,11 @@ class Explorer:
     def _prediction_table(self) -> tuple[Tensor, Tensor]:
         """Predicted class ``[N]`` and class probabilities ``[N, C]`` of every sample."""
         if self._predictions is None:
-            self._predictions = self._worker.run(("predictions",), self._predict_all)
+            self._predictions = self._worker.run(
+                ("predictions",),
+                lambda: predict_all(self.model, self.sample, len(self), self._batch_size),
+            )
         return self._predictions
-
-    def _predict_all(self) -> tuple[Tensor, Tensor]:
-        probs = []
-        with torch.no_grad():
-            for start in range(0, len(self), self._batch_size):
-                rows = range(start, min(start + self._batch_size, len(self)))
-                batch = torch.stack([self.sample(i) for i in rows])
-                out = self.model(batch)
-                if not isinstance(out, Tensor) or out.ndim != 2:
-                    raise ValueError(
-                        "the explorer needs a classifier returning scores [B, C]; got "
-                        + (
-                            f"shape {list(out.shape)}"
-                            if isinstance(out, Tensor)
-                            else type(out).__name__
-                        )
-                    )
-                probs.append(out.float().softmax(-1))
-        table = torch.cat(probs)
-        return table.argmax(-1), table
 
     def _check_index(self, sample: Any) -> int:
         if isinstance(sample, bool) or not isinstance(sample, int):
@@ -262,7 +246,7 @@ class Explorer:
         if target is None:
             target = int(self._prediction_table()[0][index])
         target = self._check_class(target, "target")
-        key = (index, method, target, _freeze(options))
+        key = (index, method, target, freeze(options))
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -408,53 +392,3 @@ class Explorer:
         finally:
             self.stop()
             self._worker.close()
-
-
-def _freeze(options: dict[str, Any]) -> Hashable:
-    """A hashable form of the arguments, for the cache key (unhashable values by repr)."""
-
-    def item(value: Any) -> Hashable:
-        try:
-            hash(value)
-        except TypeError:
-            return repr(value)
-        return value
-
-    return tuple(sorted((k, item(v)) for k, v in options.items()))
-
-
-def _split_dataset(dataset: Any) -> tuple[Any, Any]:
-    """``(inputs, labels)`` from ``(x, y)`` tensors or a sequence of samples or pairs."""
-    if (
-        isinstance(dataset, (tuple, list))
-        and len(dataset) == 2
-        and all(isinstance(part, Tensor) for part in dataset)
-        and len(dataset[0]) == len(dataset[1])
-    ):
-        return dataset[0], dataset[1].reshape(-1).long()
-    if isinstance(dataset, Tensor):
-        return dataset, None
-    try:
-        n = len(dataset)
-    except TypeError:
-        raise TypeError(
-            "dataset must be (inputs, labels) tensors or a sequence of (input, label) pairs; "
-            f"got {type(dataset).__name__}"
-        ) from None
-    if n and isinstance(dataset[0], (tuple, list)):
-        labels = torch.tensor([int(dataset[i][1]) for i in range(n)], dtype=torch.long)
-        return _Inputs(dataset), labels
-    return dataset, None
-
-
-class _Inputs:
-    """The inputs of a sequence of ``(input, label)`` pairs, read on demand (no copy)."""
-
-    def __init__(self, data: Any) -> None:
-        self._data = data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __getitem__(self, index: int) -> Any:
-        return self._data[index][0]
