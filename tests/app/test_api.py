@@ -12,6 +12,7 @@ import torch
 
 import tdlens
 from tdlens.app import Explorer, ExplorerError
+from tdlens.app.demo import digits_explorer
 from tests.app.conftest import CLASSES, XSS, call, make_explorer
 from tests.conftest import assert_untouched, model_state
 
@@ -225,6 +226,14 @@ def test_32_concurrent_requests_match_serial_and_leave_the_model_alone(digits_ca
 def test_explorer_rejects_bad_configuration(digits_cache: Path) -> None:
     with pytest.raises(ValueError, match="unknown method 'Nope'"):
         make_explorer(digits_cache, methods=["Nope"])
+    with pytest.raises(ValueError, match="3 class names for a model with 10 outputs"):
+        digits_explorer(digits_cache, classes=["a", "b", "c"])
+    grey = Explorer(lambda x: x.flatten(1)[:, :4], torch.rand(3, 8, 12), methods=["Occlusion"])
+    assert grey.methods()[0]["args"][0] == {
+        "name": "sliding_window_shapes",
+        "type": "ints",
+        "default": [2, 3],
+    }
     with pytest.raises(ValueError, match="text view is not built yet"):
         Explorer(lambda x: x, (torch.zeros(2, 3), torch.zeros(2)), modality="text")
     with pytest.raises(ValueError, match=r"method GradCam does not run here: .*pass layer="):

@@ -45,8 +45,9 @@ class Explorer:
         title: The page title.
         cache_size: How many attributions are kept.
         batch_size: Rows per forward pass when predicting the whole dataset.
-        check: Run every method once on the first sample now, so that a misconfigured
-            method (e.g. GradCam without ``layer``) fails here rather than on the page.
+        check: Predict every sample and run every method once on the first sample now, so
+            that a misconfigured method (e.g. GradCam without ``layer``) or a wrong number
+            of class names fails here rather than on the page.
 
     Example:
         >>> app = Explorer(model, (x_test, y_test), classes=names,
@@ -105,6 +106,11 @@ class Explorer:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         if check:
+            n_classes = self._prediction_table()[1].shape[1]
+            if self._classes is not None and len(self._classes) != n_classes:
+                raise ValueError(
+                    f"{len(self._classes)} class names for a model with {n_classes} outputs"
+                )
             for name in self._specs:
                 try:
                     self.attribute(0, name, 0)

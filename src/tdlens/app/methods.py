@@ -134,10 +134,12 @@ class MethodSpec:
 
 
 def _default_window(name: str, sample_shape: Sequence[int]) -> tuple[int, ...]:
-    """Occlusion's window when none is configured: a quarter of each spatial side (all
-    channels at once) for images, one feature for vectors."""
+    """Occlusion's window (and stride) when none is configured: a quarter of each spatial
+    side, all channels at once, for images; one feature for vectors."""
     if name == "strides" or len(sample_shape) < 2:
         return tuple(1 for _ in sample_shape)
+    if len(sample_shape) == 2:  # a grey [H, W] image
+        return tuple(max(1, size // 4) for size in sample_shape)
     spatial = tuple(max(1, size // 4) for size in sample_shape[1:])
     return (int(sample_shape[0]), *spatial)
 
