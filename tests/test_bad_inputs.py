@@ -68,6 +68,13 @@ MASK = torch.tensor([[0, 0, 1, 1, 2, 2]])
 ATTR = randn(3, 6, seed=4)
 
 
+class _Summing(nn.Module):
+    """Sums a sequence of any length (also 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(1, keepdim=True)
+
+
 def _cnn() -> nn.Module:
     return seeded(CNN())
 
@@ -265,6 +272,14 @@ CASES += [
     ),
     Case("NT-nt_type", _nt, {**GOOD, "nt_samples": 2}, {"nt_type": "smooth"}, r"nt_type"),
     Case("NT-nt_samples-0", _nt, {**GOOD, "nt_samples": 2}, {"nt_samples": 0}, r"nt_samples"),
+    Case(
+        "KernelShap-zero-length-sequence",
+        lambda m, **o: tdlens.KernelShap(m).attribute(**o),
+        {"inputs": randn(2, 3), "target": 0, "n_samples": 5, "seed": 0},
+        {"inputs": randn(2, 0)},
+        r"no positions to perturb \(shapes \{0: \[2, 0\]\}",
+        model=lambda: _Summing(),
+    ),
     # flags, keys, paths
     Case(
         "Saliency-abs-text",
