@@ -36,11 +36,14 @@ Build = Callable[[Tensor, Tensor], dict[Key, Tensor]]
 
 ROW_BUDGET_ELEMENTS = {"cpu": 2**18, "other": 2**22}
 """Default budget: rows per forward pass such that the attributed inputs of one chunk hold at
-most this many elements, clamped to [64, 8192] rows (and at least the batch). On CPU 2**18 (1
-MiB of float32): the activations of larger chunks pass glibc's mmap threshold, are handed back
-to the system when freed and fault in again on the next chunk. On the benchmark's Occlusion
-(a CNN on 3x32x32 images, 400 rows) chunks of 80-200 rows ran 1.5-1.8x faster than one chunk
-of 400 rows with two threads, 1.5-1.7x with one (0 page faults against 4,000-29,000 per call).
+most this many elements, at most 8192 rows and at least the batch (one whole sample). On CPU
+2**18 (1 MiB of float32): the activations of larger chunks pass glibc's mmap threshold, are
+handed back to the system when freed and fault in again on the next chunk. On the benchmark's
+Occlusion (a CNN on 3x32x32 images, 400 rows) chunks of 80-200 rows ran 1.5-1.8x faster than
+one chunk of 400 rows with two threads, 1.5-1.7x with one (0 page faults against 4,000-29,000
+per call). A former floor of 64 rows overrode the budget for large inputs: on 8 images of
+1x112x112 (784 windows) its chunks held 51 MB of activations, faulted in 4.9 million pages a
+call and ran at 0.6-0.75x captum (issue 12); the budget alone gives 16 rows there.
 Accelerators prefer large chunks: 2**22 (16 MiB of float32)."""
 
 PROGRESS_MIN_PASSES = 20
@@ -338,7 +341,7 @@ def _default_rows(batch: InputBatch) -> int:
     device = batch.leaves[batch.attributed[0]].device.type if batch.attributed else "cpu"
     budget = ROW_BUDGET_ELEMENTS["cpu" if device == "cpu" else "other"]
     b = batch.batch_size
-    rows = int(min(8192, max(64, budget // per_row, b)))
+    rows = int(min(8192, max(1, budget // per_row, b)))
     # whole samples per chunk (rows are sample * B + example): samplers build them by
     # broadcasting over the examples instead of gathering rows
     return max(b, rows - rows % b) if b else rows
