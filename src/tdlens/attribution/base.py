@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..core.adapter import parse_layers, warn_if_training
+from ..core.adapter import as_key_layer, parse_layers, warn_if_training
 from ..core.errors import InputError, InputTypeError, format_keys
 from ..core.paths import ModulePath, is_path_like
 from ..core.structure import InputBatch
+from ..core.tdkeys import check_input_keys
 from ..core.targets import Target, normalize_targets
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -175,8 +176,12 @@ class Attribution:
         )
         batch.check_finite()
         batch.check_dtypes(self.model)
+        check_input_keys(self.model, batch.kind, batch.leaves)
         warn_if_training(self.model)
         output = output if output is not None else self.output
+        if batch.outer_shape is not None and isinstance(target, Tensor):
+            if tuple(target.shape[: len(batch.outer_shape)]) == tuple(batch.outer_shape):
+                target = target.reshape(batch.batch_size, *target.shape[len(batch.outer_shape) :])
         target_list, multi = normalize_targets(target, targets, output, batch.batch_size)
         layers = parse_layers(self._module(), layer) if layer is not None else []
         return batch, target_list, multi, layers
@@ -231,11 +236,11 @@ class Attribution:
             return batch.pack(per_site, extra_dims=int(multi))
         if (
             len(layers) == 1
-            and is_path_like(layer_arg)
+            and (is_path_like(layer_arg) or as_key_layer(self._module(), layer_arg) is not None)
             and not (isinstance(layer_arg, str) and "*" in layer_arg)
         ):
-            return per_site[layers[0]]
-        return {str(path): per_site[path] for path in layers}
+            return batch.unflatten(per_site[layers[0]])
+        return {str(path): batch.unflatten(per_site[path]) for path in layers}
 
     def _delta(
         self,
@@ -256,7 +261,7 @@ class Attribution:
             per_layer = {site: total - gap.to(total) for site, total in sums.items()}
             return self._layout(batch, per_layer, multi, layers, layer_arg)
         delta = sum(sums.values()) - gap.to(next(iter(sums.values())))
-        return delta if multi else delta[:, 0]
+        return batch.unflatten(delta if multi else delta[:, 0])
 
 
 def random_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:

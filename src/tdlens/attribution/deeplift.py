@@ -108,7 +108,7 @@ class DeepLift(Attribution):
         result = self._layout(batch, attributions, multi, layers, layer_argument(self, layer))
         if delta is None:
             return result
-        return result, delta if multi else delta[:, 0]
+        return result, batch.unflatten(delta if multi else delta[:, 0])
 
     def _attribute(
         self,
@@ -249,7 +249,7 @@ class DeepLiftShap(DeepLift):
             return result
         b = batch.batch_size
         delta = delta.reshape(n, b, -1).permute(1, 2, 0)  # [B, K, S]
-        return result, delta if multi else delta[:, 0]
+        return result, batch.unflatten(delta if multi else delta[:, 0])
 
 
 class _ReferencePass:

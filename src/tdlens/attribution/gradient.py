@@ -160,7 +160,7 @@ class IntegratedGradients(Attribution):
         assert gap is not None
         summed = sum(g.reshape(b, g.shape[1], -1).sum(-1) for g in total.values())
         delta = summed - gap.to(summed)
-        return result, delta if multi else delta[:, 0]
+        return result, batch.unflatten(delta if multi else delta[:, 0])
 
     @staticmethod
     def _endpoints(

@@ -23,8 +23,10 @@ from .errors import InputError, InputTypeError, TrainModeWarning
 from .hooks import HookSet
 from .outputs import read_output
 from .paths import ModulePath, resolve_paths
+from .lazy import is_tensordict, is_tensordict_module
 from .structure import InputBatch, Key
-from .targets import Target, predicted, select
+from .targets import Target, predicted, select, takes_context
+from .tdkeys import key_layer, redirect, tensordict_hint
 
 
 class _StopForward(Exception):
@@ -39,14 +41,14 @@ def output_spec(model: nn.Module | Callable[..., Any], output: Any) -> OutputSpe
     if output is None or isinstance(output, (int, tuple)) or not isinstance(model, nn.Module):
         return ("model", output)
     if isinstance(output, (ModulePath, nn.Module)):
-        return ("module", resolve_paths(model, output)[0])
+        return ("module", redirect(model, resolve_paths(model, output)[0]))
     if isinstance(output, str):
         names = {name for name, _ in model.named_modules()}
         if ":" in output or "[" in output or output.split("[")[0] in names - {""}:
             paths = resolve_paths(model, output)
             if len(paths) != 1:
                 raise InputError(f"output={output!r} matches {len(paths)} modules; name one")
-            return ("module", paths[0])
+            return ("module", redirect(model, paths[0]))
         return ("model", output)
     raise InputTypeError(
         f"output= takes an index, a key or a module path, got {type(output).__name__}"
@@ -116,9 +118,13 @@ class ModelAdapter:
                 "needs a module that runs once (give each use its own module)"
             )
         if not isinstance(value, Tensor):
+            hint = (
+                tensordict_hint(cast(nn.Module, self.model), path)
+                if is_tensordict(value)
+                else f"pick a tensor with a selector, e.g. '{path.module}:{path.site}[0]'"
+            )
             raise InputTypeError(
-                f"layer {str(path)!r} holds {type(value).__name__}, not a tensor; pick a tensor "
-                f"with a selector, e.g. '{path.module}:{path.site}[0]'"
+                f"layer {str(path)!r} holds {type(value).__name__}, not a tensor; {hint}"
             )
         if self._layer_mode == "replace":
             new = self._replacements.get(path)  # a layer without replacement is observed
@@ -246,8 +252,21 @@ class ModelAdapter:
                 if guess is not None:
                     picked.append(values[torch.arange(values.shape[0]), guess])
                     continue
+            if takes_context(index):
+                index = functools.partial(self._with_context, index, examples)
             picked.append(select(values, index, examples, spec_name(self.specs[i])))
         return picked
+
+    def _with_context(
+        self, fn: Callable[..., Tensor], examples: Tensor | Callable[[], Tensor], values: Tensor
+    ) -> Tensor:
+        """Call a two-argument target with the rows' own inputs: the original entries of the
+        example each row belongs to, laid out as the user passed them (a TensorDict for
+        TensorDict inputs), so ``lambda out, batch: ...log_prob(batch["action"])`` lines up
+        with the rows however many samples or steps each example was expanded to."""
+        rows = examples() if callable(examples) else examples
+        context, _ = self.batch.rebuild(self.batch.take_rows(rows))
+        return fn(values, context)
 
 
 class _TrainingBuffers:
@@ -325,14 +344,36 @@ def _user_stacklevel() -> int:
 
 
 def parse_layers(model: nn.Module, layer: Any) -> list[ModulePath]:
-    """``layer=`` as a list of resolved paths (a string, a list of strings, globs)."""
+    """``layer=`` as a list of resolved paths (a string, a list of strings, globs, or the
+    TensorDict keys that the networks of a ``tensordict.nn`` pipeline write)."""
     if layer is None:
         return []
+    single = as_key_layer(model, layer)
+    if single is not None:
+        return [single]
     if isinstance(layer, (str, ModulePath, nn.Module)):
-        return resolve_paths(model, layer)
+        return [redirect(model, p) for p in resolve_paths(model, layer)]
     if not isinstance(layer, (list, tuple)):
         raise InputTypeError(
-            f"layer= takes a module path (e.g. 'encoder.layer.0'), a submodule object or a "
-            f"list of them, got {type(layer).__name__}"
+            f"layer= takes a module path (e.g. 'encoder.layer.0'), a submodule object, a "
+            f"TensorDict key written inside the model, or a list of them, got "
+            f"{type(layer).__name__}"
         )
-    return resolve_paths(model, list(layer))
+    paths = []
+    for item in layer:
+        as_key = as_key_layer(model, item)
+        paths += [as_key] if as_key is not None else parse_layers(model, item)
+    return paths
+
+
+def as_key_layer(model: nn.Module, layer: Any) -> ModulePath | None:
+    """The path of ``layer`` if it is a key that a network of a ``tensordict.nn`` model writes
+    (and not a module path: module names win)."""
+    if not is_tensordict_module(model):
+        return None
+    if isinstance(layer, str):
+        if layer.split(":")[0].split("[")[0] in dict(model.named_modules()):
+            return None
+    elif not (isinstance(layer, tuple) and layer and all(isinstance(k, str) for k in layer)):
+        return None
+    return key_layer(model, layer)

@@ -47,6 +47,8 @@ class InputBatch:
         self.batch_size = batch_size
         self._td_batch_shape = td_batch_shape
         self._n_positional = n_positional
+        # the TensorDict's batch shape when it has several dims (flattened to B = its numel)
+        self.outer_shape: torch.Size | None = None
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -69,10 +71,16 @@ class InputBatch:
             need_attributed: whether at least one input must be attributed (not with
                 ``layer=``, where token ids may be all the model takes).
         """
+        outer = None
         if isinstance(inputs, Tensor):
             kind, leaves = "tensor", {0: inputs}
         elif is_tensordict(inputs):
             kind = "tensordict"
+            if inputs.batch_dims > 1:
+                # a trajectory [T, B, ...] (or any batch of several dims): each element is an
+                # example; attributed flat and laid back out by pack()
+                outer = inputs.batch_size
+                inputs = inputs.reshape(-1)
             leaves = _tensordict_leaves(inputs)
         elif isinstance(inputs, Mapping):
             kind, leaves = "dict", dict(inputs)
@@ -116,6 +124,7 @@ class InputBatch:
             )
         td_shape = inputs.batch_size if kind == "tensordict" else None
         batch = cls(kind, leaves, attributed, batch_size, td_shape, n_positional)
+        batch.outer_shape = outer
         batch._single = kind == "tensor" or (  # type: ignore[attr-defined]
             isinstance(inputs, Tensor) and additional_forward_args is not None
         )
@@ -348,11 +357,19 @@ class InputBatch:
             return {k: per_key[k] for k in self.attributed}
         from tensordict import TensorDict
 
+        per_key = {key: self.unflatten(per_key[key]) for key in self.attributed}
         first = per_key[self.attributed[0]]
-        td = TensorDict({}, batch_size=first.shape[: 1 + extra_dims])
+        dims = len(self.outer_shape) if self.outer_shape is not None else 1
+        td = TensorDict({}, batch_size=first.shape[: dims + extra_dims])
         for key in self.attributed:
             td.set(key, per_key[key])
         return td
+
+    def unflatten(self, value: Tensor) -> Tensor:
+        """``[B, ...]`` back to ``[*batch_shape, ...]`` for a TensorDict of several batch dims."""
+        if self.outer_shape is None:
+            return value
+        return value.reshape(*self.outer_shape, *value.shape[1:])
 
 
 def _tensordict_leaves(td: Any) -> dict[Key, Any]:

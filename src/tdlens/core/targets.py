@@ -9,6 +9,8 @@ reads, so one call can mix the heads of a multi-output model.
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +89,30 @@ def _check_static(index: Any, batch_size: int) -> None:
             f"the per-example target has {length} entries but the batch has {batch_size} "
             "examples; give one target per example, or an int for the same target in all"
         )
+
+
+def takes_context(index: Any) -> bool:
+    """Whether a callable target takes a second argument: the inputs of each row's example.
+
+    ``lambda out: ...`` gets the explained output of the rows; ``lambda out, batch: ...`` also
+    gets the original inputs of the example each row belongs to (a tensor, tuple, dict or
+    TensorDict like the call's inputs, one entry per row), e.g. the action actually taken.
+    """
+    if not callable(index) or isinstance(index, Tensor):
+        return False
+    try:
+        params = inspect.signature(index).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and p.default is inspect.Parameter.empty
+    ]
+    return len(positional) >= 2 or (
+        len(positional) == 1 and any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    )
 
 
 def needs_prediction(index: Any) -> bool:
