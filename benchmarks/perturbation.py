@@ -54,10 +54,10 @@ def build_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
 
 
-def build_cnn() -> nn.Module:
+def build_cnn(channels: int = 3) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
+        nn.Conv2d(channels, 16, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1),
@@ -220,17 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def occlusion_sizes(compare: Callable[..., None], sizes: list[int]) -> None:
     """Occlusion on 8 images of 1xSxS per size, both libraries at their defaults."""
-    torch.manual_seed(0)
-    cnn = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(32 * 16, 10),
-    ).eval()
+    cnn = build_cnn(channels=1)
     window = strides = (1, 4, 4)
     occ, cocc = tdlens.Occlusion(cnn), CaptumOcc(cnn)
     for size in sizes:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ...core.adapter import ModelAdapter
 from ...core.errors import InputError
+from ...core.paths import ModulePath
 from ...core.structure import InputBatch, Key
 from ...core.targets import Target
 from ..base import Attribution, random_generator
@@ -49,6 +50,15 @@ Accelerators prefer large chunks: 2**22 (16 MiB of float32)."""
 PROGRESS_MIN_PASSES = 20
 """With ``show_progress=None`` a bar appears only on an interactive terminal for runs of at
 least this many forward passes."""
+
+
+@dataclass
+class LayerSite:
+    """With ``layer=``: the layer's activation is what is perturbed. ``inputs`` are the model
+    inputs (the run's ``batch`` then holds the activation as its one attributed leaf)."""
+
+    path: ModulePath
+    inputs: InputBatch
 
 
 @dataclass
@@ -104,9 +114,11 @@ class PerturbationRun:
         generator: torch.Generator | None,
         show_progress: bool | None,
         name: str,
+        layer: LayerSite | None = None,
     ) -> None:
         self.model = model
         self.batch = batch
+        self.layer = layer
         self.targets = targets
         self.multi = multi
         self.baselines = baselines
@@ -135,13 +147,11 @@ class PerturbationRun:
         chunk = max(1, self.rows_per_forward)
         scores: Tensor | None = None
         starts = range(0, total, chunk)
-        with ModelAdapter(self.model, self.batch, self.targets) as adapter:
+        with self._adapter() as adapter:
             for start in self._progress(starts, len(starts)):
                 rows = torch.arange(start, min(total, start + chunk))
                 examples = rows % b
-                values = self._values(rows, examples, perturbations)
-                explained, _ = adapter.run(values)
-                self.forward_passes += 1
+                explained = self._forward(adapter, rows, examples, perturbations)
                 if any(e.dim() == 0 or e.shape[0] != rows.shape[0] for e in explained):
                     # one value for the whole forward call: score each sample by its own call
                     return self._evaluate_aggregated(adapter, perturbations, explained)
@@ -196,12 +206,28 @@ class PerturbationRun:
         examples = torch.arange(b)
         for sample in range(-1, s_count):
             rows = examples + (sample + 1) * b
-            values = self._values(rows, examples, perturbations)
-            explained, _ = adapter.run(values)
-            self.forward_passes += 1
+            explained = self._forward(adapter, rows, examples, perturbations)
             scores[sample + 1] = torch.stack([e.detach().reshape(()) for e in explained]).cpu()
         full = scores[0].expand(b, -1)
         return full, scores[1:].unsqueeze(0).expand(b, -1, -1)
+
+    def _adapter(self) -> ModelAdapter:
+        if self.layer is None:
+            return ModelAdapter(self.model, self.batch, self.targets)
+        return ModelAdapter(self.model, self.layer.inputs, self.targets, [self.layer.path])
+
+    def _forward(
+        self, adapter: ModelAdapter, rows: Tensor, examples: Tensor, perturbations: Perturbations
+    ) -> list[Tensor]:
+        """One forward pass of ``rows``: perturbed inputs, or with ``layer=`` the model inputs
+        of the examples with the layer's activation replaced by its perturbed rows."""
+        values = self._values(rows, examples, perturbations)
+        self.forward_passes += 1
+        if self.layer is None:
+            return adapter.run(values)[0]
+        inputs = self.layer.inputs.take_rows(examples)
+        replaced = {self.layer.path: values[self.batch.attributed[0]]}
+        return adapter.run(inputs, layer_mode="replace", replacements=replaced)[0]
 
     def _values(self, rows: Tensor, examples: Tensor, perturbations: Perturbations) -> dict:
         """Model inputs of a chunk of rows (increasing): the original examples among them
@@ -271,7 +297,14 @@ class PerturbationRun:
 class PerturbationAttribution(Attribution):
     """Base of the perturbation methods: forward passes only, so any callable model works."""
 
+    perturbs_layers = False
+    """Whether ``layer=`` works (captum's LayerFeatureAblation and LayerFeaturePermutation):
+    the layer's activation is perturbed instead of the inputs."""
+
     def __init__(self, model: Any, *, layer: Any = None, output: Any = None, **defaults: Any):
+        if layer is not None and type(self).perturbs_layers:
+            super().__init__(model, layer=layer, output=output, **defaults)
+            return
         if layer is not None:
             # accepted and ignored, it would return input attributions under a layer's name
             raise InputError(
@@ -299,12 +332,12 @@ class PerturbationAttribution(Attribution):
         show_progress: bool | None = None,
     ) -> PerturbationRun:
         """Check the call and set up its run: inputs, targets, baselines, budget, randomness."""
-        batch, target_list, multi, _ = self._prepare(
+        batch, target_list, multi, layers = self._prepare(
             inputs,
             target,
             targets,
             output,
-            None,
+            self.layer,
             keys,
             additional_forward_args,
             require_float=False,
@@ -320,6 +353,10 @@ class PerturbationAttribution(Attribution):
                 f"internal_batch_size must be a positive int (rows per forward pass), got "
                 f"{internal_batch_size!r}"
             )
+        site = None
+        if layers:
+            site = LayerSite(self._layer_path(layers), batch)
+            batch = _activation_batch(self.model, site, target_list)
         rows = internal_batch_size
         if rows is None and perturbations_per_eval > 1:
             rows = perturbations_per_eval * batch.batch_size
@@ -333,7 +370,34 @@ class PerturbationAttribution(Attribution):
             generator=random_generator(generator, seed),
             show_progress=show_progress,
             name=type(self).__name__,
+            layer=site,
         )
+
+    def _layer_path(self, layers: list[ModulePath]) -> ModulePath:
+        if len(layers) != 1:
+            raise InputError(
+                f"{type(self).__name__} perturbs one layer at a time; layer= names "
+                f"{len(layers)}: {[str(p) for p in layers]}"
+            )
+        return layers[0]
+
+
+@torch.no_grad()
+def _activation_batch(model: Any, site: LayerSite, targets: list[Target]) -> InputBatch:
+    """The layer's activation on the inputs, ``[B, *shape]``, as a batch whose one attributed
+    leaf it is: feature masks, baselines and results then refer to the activation."""
+    with ModelAdapter(model, site.inputs, targets, [site.path]) as adapter:
+        b = site.inputs.batch_size
+        _, values = adapter.run(site.inputs.take_rows(None, run=(0, b)), layer_mode="observe")
+    activation = values[site.path]
+    if activation.dim() == 0 or activation.shape[0] != b:
+        raise InputError(
+            f"layer {str(site.path)!r} has an activation of shape {list(activation.shape)}, "
+            f"without the batch of {b} examples first; pick a layer whose output is per example"
+        )
+    batch = InputBatch("tensor", {0: activation}, (0,), b)
+    batch._single = True  # type: ignore[attr-defined]  # results come back as one tensor
+    return batch
 
 
 def _default_rows(batch: InputBatch) -> int:
