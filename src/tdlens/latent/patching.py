@@ -27,9 +27,11 @@ Metric = Callable[[Any], Tensor]
 PATCH_ROW_ELEMENTS = {"cpu": 2**21, "other": 2**24}
 """Rows per forward pass of a sweep: such that one chunk's output and patched activations
 hold at most this many elements (clamped to [B, 8192] rows, whole variants). A sweep is
-forward-only, so no graph is kept and a chunk may be larger than the gradient engine's; on
-the GPT-2 of ``benchmarks/latent.py`` chunks of 2**21 elements (8 MiB of float32) ran the
-sweep about as fast as chunks 4x larger, with a quarter of the memory."""
+forward-only, so no graph is kept and a chunk may be larger than the gradient engine's. On a
+4-layer GPT-2 (width 64, 24 positions, vocabulary 512, 2 prompt pairs, 96 cells, one thread)
+the sweep took 0.36 s in chunks of ~100 rows (this budget), 0.40 s with 64, 0.49 s with 16 and
+1.5 s with one variant (2 rows) per pass: on CPU larger chunks keep winning, and 2**21
+elements (8 MiB of float32 for the logits and patched activations) bounds the memory."""
 
 
 def patch(
