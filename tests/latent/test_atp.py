@@ -95,3 +95,40 @@ def test_errors():
         )
     with pytest.raises(ValueError, match=r"clean \[2, 24\], corrupted \[2, 23\]"):
         latent.attribution_patching(model, clean, corrupted[:, 1:], paths="blocks.0", metric=metric)
+
+
+def test_grad_drop_equals_hand_written_gradients_with_a_layer_cut():
+    """Two layers: GradDrop's layer-0 cells are |AtP| with no gradient through layer 1's
+    attention, its layer-1 cells |AtP| itself (dropping layer 0 leaves them as they are)."""
+    model = induction()
+    clean, corrupted, correct, wrong = induction_prompts(n=4)
+    metric = latent.logit_diff(correct, wrong)
+    paths = ["blocks.0.attn", "blocks.1.attn"]
+    star = latent.attribution_patching(
+        model, clean, corrupted, paths=paths, metric=metric, variant="atp*",
+        grad_drop="blocks.*.attn",
+    )  # fmt: skip
+    plain = latent.attribution_patching(model, clean, corrupted, paths=paths, metric=metric)
+    gd = star.extra["grad_drop"]
+    assert gd.shape == (4, 2, 24) and star.forward_passes == 4
+    torch.testing.assert_close(gd[:, 1], plain.per_example[:, 1].abs())
+    with torch.no_grad():
+        clean_out = []
+        h = model.blocks[0].attn.register_forward_hook(lambda _m, _a, o: clean_out.append(o))
+        model(clean)
+        h.remove()
+    kept = []
+    h0 = model.blocks[0].attn.register_forward_hook(lambda _m, _a, o: kept.append(o))
+    h1 = model.blocks[1].attn.register_forward_hook(lambda _m, _a, o: o.detach())
+    try:
+        value = metric(model(corrupted)).sum()
+        (grad,) = torch.autograd.grad(value, kept[0])
+    finally:
+        h0.remove()
+        h1.remove()
+    expected = ((clean_out[0] - kept[0].detach()) * grad).sum(-1).abs()
+    torch.testing.assert_close(gd[:, 0], expected)
+    with pytest.raises(ValueError, match="variant='atp\\*'"):
+        latent.attribution_patching(
+            model, clean, corrupted, paths=paths, metric=metric, grad_drop="blocks.*.attn"
+        )

@@ -45,6 +45,7 @@ def attribution_patching(
     normalize: bool = False,
     variant: str = "atp",
     patterns: Mapping[str, str] | None = None,
+    grad_drop: str | Iterable[str] | None = None,
     batch_size: int | None = None,
 ) -> PatchResult:
     """The AtP estimate of :func:`patch`'s scores, in the same layout.
@@ -56,6 +57,13 @@ def attribution_patching(
         patterns: for ``"atp*"``, the attention-pattern path that each query/key path feeds
             (``{"blocks.0.attn.k": "blocks.0.attn.pattern"}``); by default a sibling module
             named ``pattern`` of a path ending in ``q``/``k``/``q_proj``/``k_proj``.
+        grad_drop: for ``"atp*"``, the paths of the layers' contributions to the residual
+            stream (``"blocks.*.attn"``): GradDrop (Kramar et al. 2024) repeats the estimate
+            once per layer with no gradient flowing back through that layer's contribution
+            and reports ``sum_l |AtP_l| / (L - 1)`` per example, an estimate of each cell's
+            magnitude that cancellation between paths cannot hide, in
+            ``result.extra["grad_drop"]`` (``[B, *scores.shape]``; one more forward and
+            backward pass per layer). The signed ``scores`` are unchanged by it.
         batch_size: rows per forward pass of the QK fix's pattern sweep.
 
     Returns:
@@ -70,6 +78,8 @@ def attribution_patching(
     """
     if variant not in ("atp", "atp*"):
         raise InputError(f"variant= takes 'atp' or 'atp*', got {variant!r}")
+    if grad_drop is not None and variant != "atp*":
+        raise InputError("grad_drop= is part of variant='atp*'; pass variant='atp*' too")
     _, corrupt_batch = check_pair(clean, corrupted)
     b = corrupt_batch.batch_size
     with Scope(model) as scope, torch.no_grad():
@@ -83,36 +93,57 @@ def attribution_patching(
         model, corrupt_batch, watched, metric, output
     )
     cells = make_cells(keys, [clean_acts.get(k) for k in keys], positions, n_heads_of(model, heads))
-    change = torch.empty(cells.count, b, dtype=corrupt_metric.dtype)
-    for i, key in enumerate(keys):
-        if key in qk:
-            continue  # filled by the exact pattern sweep below
-        mine = cells.for_path(i, 0, cells.count)
-        assert mine is not None  # every path has cells
-        delta = (clean_acts.get(key) - corrupt_acts[key]) * grads[key]
-        change[mine[0]] = _per_cell(delta, cells, mine).to(change.dtype)
-    passes = 2
-    if qk:
-        passes += _qk_fix(
-            model,
-            corrupt_batch,
-            cells,
-            keys,
-            clean_acts,
-            qk,
-            corrupt_acts,
-            grads,
-            change,
-            batch_size,
+
+    def estimate(grads: dict[str, Tensor]) -> tuple[Tensor, int]:
+        change = torch.empty(cells.count, b, dtype=corrupt_metric.dtype)
+        for i, key in enumerate(keys):
+            if key in qk:
+                continue  # filled by the exact pattern sweep below
+            mine = cells.for_path(i, 0, cells.count)
+            assert mine is not None  # every path has cells
+            delta = (clean_acts.get(key) - corrupt_acts[key]) * grads[key]
+            change[mine[0]] = _per_cell(delta, cells, mine).to(change.dtype)
+        passes = 0
+        if qk:
+            passes = _qk_fix(
+                model, corrupt_batch, cells, keys, clean_acts, qk, corrupt_acts, grads, change,
+                batch_size,
+            )  # fmt: skip
+        return change, passes
+
+    change, passes = estimate(grads)
+    passes += 2
+    result = PatchResult.build(cells, change, clean_metric, corrupt_metric, normalize, passes)
+    if grad_drop is not None:
+        layers = [str(p) for p in resolve_paths(model, grad_drop)]
+        if len(layers) < 2:
+            raise InputError(f"grad_drop= needs at least two layers, got {layers}")
+        total = torch.zeros_like(change)
+        for layer in layers:
+            _, dropped, _ = _corrupted_gradients(
+                model, corrupt_batch, watched, metric, output, drop=layer
+            )
+            part, extra = estimate(dropped)
+            total += part.abs()
+            result.forward_passes += 1 + extra
+        magnitude = PatchResult.build(
+            cells, total / (len(layers) - 1), clean_metric, corrupt_metric, False, 0
         )
-    return PatchResult.build(cells, change, clean_metric, corrupt_metric, normalize, passes)
+        result.extra["grad_drop"] = magnitude.per_example
+    return result
 
 
 def _corrupted_gradients(
-    model: nn.Module, batch: Any, keys: list[str], metric: Metric, output: Any
+    model: nn.Module,
+    batch: Any,
+    keys: list[str],
+    metric: Metric,
+    output: Any,
+    drop: str | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
     """The activations at ``keys`` in the corrupted run and ``d sum(metric) / d activation``,
-    without touching the parameters' ``.grad``."""
+    without touching the parameters' ``.grad``; with ``drop``, no gradient flows back through
+    that path's output (GradDrop)."""
     live: dict[str, Tensor] = {}
 
     def keep(key: str) -> Any:
@@ -127,6 +158,8 @@ def _corrupted_gradients(
     with Scope(model) as scope, torch.enable_grad():
         for key in keys:
             scope.set(key, keep(key))
+        if drop is not None:  # after the keeps: a kept site at ``drop`` still gets its gradient
+            scope.set(drop, lambda value: value.detach())
         out = read_output(_call(model, batch, None), output, model)
         value = metric(out)
         found = [live[k] for k in keys]
