@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import tdlens
 from tdlens import latent
-from tests.conftest import assert_untouched, model_state
+from tests.conftest import assert_untouched, model_state, randn
 from tests.latent.models import induction, induction_prompts, tiny_gpt2
 
 INDUCTION_RESTORED = 0.8  # share of the clean-corrupted logit difference the head restores
@@ -161,3 +162,17 @@ def test_errors_show_shapes_and_ranges():
         latent.patch(model, clean, corrupted, paths="block.0", metric=metric)
     with pytest.raises(ValueError, match="one value per example"):
         latent.patch(model, clean, corrupted, paths="blocks.0", metric=lambda out: out.sum())
+
+
+def test_train_mode_batchnorm_statistics_are_restored():
+    """Patching and AtP run the model many times; a train-mode BatchNorm's running
+    statistics are put back afterwards."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    model = model.double().train()
+    clean, corrupted = randn(5, 4), randn(5, 4, seed=2)
+    before = model_state(model)
+    metric = latent.logit_diff(0, 1)
+    latent.patch(model, clean, corrupted, paths=["0", "2"], metric=metric, positions=None)
+    assert_untouched(model, before)
+    latent.attribution_patching(model, clean, corrupted, paths="0", metric=metric, positions=None)
+    assert_untouched(model, before)

@@ -103,10 +103,11 @@ def test_steering_during_generate_with_a_kv_cache_adds_each_position_once():
 def test_wrong_width_and_bad_paths():
     model = induction()
     ids, *_ = induction_prompts(n=2)
+    before = model_state(model)
     with pytest.raises(ValueError, match=r"has shape \[5\] but the activation has width 64"):
         with latent.steer(model, {"blocks.0": torch.ones(5)}):
             model(ids)
-    assert not model.blocks[0]._forward_hooks
+    assert_untouched(model, before)
     with pytest.raises(LookupError, match="did you mean"):
         latent.steering_vector(model, ids, ids, path="blocks.9")
     with pytest.raises(ValueError, match=r"position=30 does not exist.*0\.\.23"):
@@ -185,9 +186,11 @@ def test_ablate_errors():
     with pytest.raises(ValueError, match="how= takes"):
         with latent.ablate(model, "blocks.0", how="noise"):
             pass
+    before = model_state(model)
     with pytest.raises(ValueError, match=r"shape \[2, 10, 64\].*\[2, 24, 64\]"):
         with latent.ablate(model, "blocks.0", how="resample", reference=ids):
             model(ids[:, :10])
+    assert_untouched(model, before)
 
 
 class Shift(nn.Module):

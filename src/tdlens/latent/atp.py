@@ -21,7 +21,7 @@ from ..core.errors import InputError
 from ..core.hooks import Scope
 from ..core.outputs import read_output
 from ..core.paths import get_module, parse_path, resolve_paths
-from .cells import Cells, PatchResult, check_pair, make_cells, n_heads_of
+from .cells import Cells, PatchResult, buffers_kept, check_pair, make_cells, n_heads_of
 from .patching import Metric, _call, _metric, _patcher, _rows_per_pass
 
 _QUERY_KEY = ("q", "k", "q_proj", "k_proj", "query", "key")
@@ -81,56 +81,59 @@ def attribution_patching(
     if grad_drop is not None and variant != "atp*":
         raise InputError("grad_drop= is part of variant='atp*'; pass variant='atp*' too")
     _, corrupt_batch = check_pair(clean, corrupted)
-    b = corrupt_batch.batch_size
-    with Scope(model) as scope, torch.no_grad():
-        scope.get(paths)
-        clean_metric = _metric(metric, read_output(scope.run(clean), output, model), b)
-        clean_acts = scope.cache
-    keys = list(clean_acts.keys())
-    qk = _pattern_paths(model, keys, patterns) if variant == "atp*" else {}
-    watched = keys + sorted(set(qk.values()) - set(keys))
-    corrupt_acts, grads, corrupt_metric = _corrupted_gradients(
-        model, corrupt_batch, watched, metric, output
-    )
-    cells = make_cells(keys, [clean_acts.get(k) for k in keys], positions, n_heads_of(model, heads))
-
-    def estimate(grads: dict[str, Tensor]) -> tuple[Tensor, int]:
-        change = torch.empty(cells.count, b, dtype=corrupt_metric.dtype)
-        for i, key in enumerate(keys):
-            if key in qk:
-                continue  # filled by the exact pattern sweep below
-            mine = cells.for_path(i, 0, cells.count)
-            assert mine is not None  # every path has cells
-            delta = (clean_acts.get(key) - corrupt_acts[key]) * grads[key]
-            change[mine[0]] = _per_cell(delta, cells, mine).to(change.dtype)
-        passes = 0
-        if qk:
-            passes = _qk_fix(
-                model, corrupt_batch, cells, keys, clean_acts, qk, corrupt_acts, grads, change,
-                batch_size,
-            )  # fmt: skip
-        return change, passes
-
-    change, passes = estimate(grads)
-    passes += 2
-    result = PatchResult.build(cells, change, clean_metric, corrupt_metric, normalize, passes)
-    if grad_drop is not None:
-        layers = [str(p) for p in resolve_paths(model, grad_drop)]
-        if len(layers) < 2:
-            raise InputError(f"grad_drop= needs at least two layers, got {layers}")
-        total = torch.zeros_like(change)
-        for layer in layers:
-            _, dropped, _ = _corrupted_gradients(
-                model, corrupt_batch, watched, metric, output, drop=layer
-            )
-            part, extra = estimate(dropped)
-            total += part.abs()
-            result.forward_passes += 1 + extra
-        magnitude = PatchResult.build(
-            cells, total / (len(layers) - 1), clean_metric, corrupt_metric, False, 0
+    with buffers_kept(model):  # a train-mode BatchNorm's statistics are put back
+        b = corrupt_batch.batch_size
+        with Scope(model) as scope, torch.no_grad():
+            scope.get(paths)
+            clean_metric = _metric(metric, read_output(scope.run(clean), output, model), b)
+            clean_acts = scope.cache
+        keys = list(clean_acts.keys())
+        qk = _pattern_paths(model, keys, patterns) if variant == "atp*" else {}
+        watched = keys + sorted(set(qk.values()) - set(keys))
+        corrupt_acts, grads, corrupt_metric = _corrupted_gradients(
+            model, corrupt_batch, watched, metric, output
         )
-        result.extra["grad_drop"] = magnitude.per_example
-    return result
+        cells = make_cells(
+            keys, [clean_acts.get(k) for k in keys], positions, n_heads_of(model, heads)
+        )
+
+        def estimate(grads: dict[str, Tensor]) -> tuple[Tensor, int]:
+            change = torch.empty(cells.count, b, dtype=corrupt_metric.dtype)
+            for i, key in enumerate(keys):
+                if key in qk:
+                    continue  # filled by the exact pattern sweep below
+                mine = cells.for_path(i, 0, cells.count)
+                assert mine is not None  # every path has cells
+                delta = (clean_acts.get(key) - corrupt_acts[key]) * grads[key]
+                change[mine[0]] = _per_cell(delta, cells, mine).to(change.dtype)
+            passes = 0
+            if qk:
+                passes = _qk_fix(
+                    model, corrupt_batch, cells, keys, clean_acts, qk, corrupt_acts, grads, change,
+                    batch_size,
+                )  # fmt: skip
+            return change, passes
+
+        change, passes = estimate(grads)
+        passes += 2
+        result = PatchResult.build(cells, change, clean_metric, corrupt_metric, normalize, passes)
+        if grad_drop is not None:
+            layers = [str(p) for p in resolve_paths(model, grad_drop)]
+            if len(layers) < 2:
+                raise InputError(f"grad_drop= needs at least two layers, got {layers}")
+            total = torch.zeros_like(change)
+            for layer in layers:
+                _, dropped, _ = _corrupted_gradients(
+                    model, corrupt_batch, watched, metric, output, drop=layer
+                )
+                part, extra = estimate(dropped)
+                total += part.abs()
+                result.forward_passes += 1 + extra
+            magnitude = PatchResult.build(
+                cells, total / (len(layers) - 1), clean_metric, corrupt_metric, False, 0
+            )
+            result.extra["grad_drop"] = magnitude.per_example
+        return result
 
 
 def _corrupted_gradients(

@@ -5,12 +5,15 @@ Shared by exact patching and attribution patching, which report the same layout.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..core.adapter import _TrainingBuffers
 from ..core.errors import InputError
 from ..core.structure import InputBatch
 
@@ -124,6 +127,17 @@ def n_heads_of(model: nn.Module, heads: Any) -> int | None:
     if not isinstance(heads, int) or heads < 1:
         raise InputError(f"heads= takes True or a positive int, got {heads!r}")
     return heads
+
+
+@contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Put back the buffers a train-mode forward pass updates (BatchNorm statistics), as the
+    model adapter does for attribution, also after an exception."""
+    saved = _TrainingBuffers(model)
+    try:
+        yield
+    finally:
+        saved.restore()
 
 
 def check_pair(clean: Any, corrupted: Any) -> tuple[InputBatch, InputBatch]:

@@ -20,7 +20,7 @@ from ..core.errors import InputError
 from ..core.hooks import Scope
 from ..core.outputs import read_output
 from ..core.structure import InputBatch
-from .cells import Cells, PatchResult, check_pair, make_cells, n_heads_of
+from .cells import Cells, PatchResult, buffers_kept, check_pair, make_cells, n_heads_of
 
 Metric = Callable[[Any], Tensor]
 
@@ -78,6 +78,25 @@ def patch(
         torch.Size([2, 24])
     """
     _, corrupt_batch = check_pair(clean, corrupted)
+    with buffers_kept(model):
+        return _sweep(
+            model, clean, corrupt_batch, paths, metric, positions, heads, output, normalize,
+            batch_size,
+        )  # fmt: skip
+
+
+def _sweep(
+    model: nn.Module,
+    clean: Any,
+    corrupt_batch: InputBatch,
+    paths: str | Iterable[str],
+    metric: Metric,
+    positions: Any,
+    heads: Any,
+    output: Any,
+    normalize: bool,
+    batch_size: int | None,
+) -> PatchResult:
     b = corrupt_batch.batch_size
     with Scope(model) as scope, torch.no_grad():
         scope.get(paths)
