@@ -159,6 +159,7 @@ class Scope:
         self._hooks = HookSet()
         self._open = False
         self._rec = _Recorder(strict)
+        self._names: list[str] | None = None  # the model's module names, listed once
         # closes the hooks when the scope is collected; holds neither the scope nor the model
         self._finalizer = weakref.finalize(self, self._hooks.close)
 
@@ -213,7 +214,9 @@ class Scope:
         for text in raw:
             parsed = parse_path(text)
             written = str(text).strip() if isinstance(text, str) else str(parsed)
-            for path in resolve_paths(self.model, parsed):
+            if self._names is None:
+                self._names = [name for name, _ in self.model.named_modules()]
+            for path in resolve_paths(self.model, parsed, names=self._names):
                 key = written
                 if parsed.is_glob:
                     key = path.module + written[len(parsed.module) :]

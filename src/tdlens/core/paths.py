@@ -140,16 +140,21 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def resolve_paths(
-    model: nn.Module, paths: str | ModulePath | Iterable[str | ModulePath]
+    model: nn.Module,
+    paths: str | ModulePath | Iterable[str | ModulePath],
+    *,
+    names: list[str] | None = None,
 ) -> list[ModulePath]:
-    """Parse paths and expand globs against ``model.named_modules()``, in module order.
+    """Parse paths and expand globs against ``model.named_modules()``, in module order
+    (``names``: those names, when the caller already listed them).
 
     Raises:
         KeyNotFoundError: a path or pattern matches no module; the message lists the closest.
     """
     if isinstance(paths, (str, ModulePath)):
         paths = [paths]
-    names = [name for name, _ in model.named_modules()]
+    if names is None:
+        names = [name for name, _ in model.named_modules()]
     known = set(names)
     resolved: list[ModulePath] = []
     for raw in paths:

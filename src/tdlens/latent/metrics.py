@@ -24,6 +24,7 @@ class Metric:
 
     def __init__(self, position: int = -1) -> None:
         self.position = position
+        self.repeats = 1  # the rows are this many copies of the batch (a patching sweep)
 
     def scores(self, output: Any) -> Tensor:
         """The ``[B, V]`` scores the metric reads."""
@@ -44,13 +45,32 @@ class Metric:
     def __call__(self, output: Any) -> Tensor:
         raise NotImplementedError
 
+    def tiled(self, output: Any, repeats: int) -> Tensor:
+        """The metric of ``repeats`` stacked copies of the batch (``row = copy * B +
+        example``) in one call: per-example indices and references are tiled."""
+        self.repeats = repeats
+        try:
+            return self(output)
+        finally:
+            self.repeats = 1
 
-def _pick(scores: Tensor, index: Index, name: str) -> Tensor:
-    """``scores[b, index[b]]`` (or ``scores[:, index]``), with a range check."""
+    def _tile(self, value: Tensor) -> Tensor:
+        return value.repeat(self.repeats, *[1] * (value.dim() - 1)) if value.dim() else value
+
+
+def _pick(scores: Tensor, index: Index, name: str, repeats: int = 1) -> Tensor:
+    """``scores[b, index[b]]`` (or ``scores[:, index]``), with a range check; per-example
+    indices are tiled over ``repeats`` copies of the batch."""
     v = scores.shape[1]
+    if isinstance(index, int):
+        if not -v <= index < v:
+            raise TargetError(f"{name}: index {index} out of range for {v} classes")
+        return scores[:, index]
     table = torch.as_tensor(index, device=scores.device).to(torch.long)
     if table.dim() == 0:
         table = table.expand(scores.shape[0])
+    elif repeats > 1:
+        table = table.repeat(repeats)
     if table.dim() != 1 or table.shape[0] != scores.shape[0]:
         raise TargetError(
             f"{name}: give one index, or one per example ({scores.shape[0]}), got shape "
@@ -76,7 +96,9 @@ class logit_diff(Metric):
 
     def __call__(self, output: Any) -> Tensor:
         scores = self.scores(output)
-        return _pick(scores, self.correct, "correct") - _pick(scores, self.wrong, "wrong")
+        return _pick(scores, self.correct, "correct", self.repeats) - _pick(
+            scores, self.wrong, "wrong", self.repeats
+        )
 
 
 class prob(Metric):
@@ -92,7 +114,7 @@ class prob(Metric):
         self.target = target
 
     def __call__(self, output: Any) -> Tensor:
-        return _pick(self.scores(output).softmax(-1), self.target, "target")
+        return _pick(self.scores(output).softmax(-1), self.target, "target", self.repeats)
 
 
 class kl(Metric):
@@ -114,7 +136,7 @@ class kl(Metric):
 
     def __call__(self, output: Any) -> Tensor:
         log_q = self.scores(output).log_softmax(-1)
-        ref = self.reference.to(log_q)
+        ref = self._tile(self.reference.to(log_q))
         if ref.shape != log_q.shape:
             raise InputError(
                 f"kl: the reference logits have shape {list(ref.shape)} at the position read, "

@@ -21,6 +21,7 @@ from ..core.hooks import Scope
 from ..core.outputs import read_output
 from ..core.structure import InputBatch
 from .cells import Cells, PatchResult, buffers_kept, check_pair, make_cells, n_heads_of
+from .metrics import Metric as MetricBase
 
 Metric = Callable[[Any], Tensor]
 
@@ -121,8 +122,7 @@ def _sweep(
             state["variants"] = (first, stop)
             out = _call(model, corrupt_batch, stop - first)
             values = read_output(out, output, model)
-            for v in range(stop - first):
-                patched[first + v] = _metric(metric, values[v * b : (v + 1) * b], b)
+            patched[first:stop] = _metric_rows(metric, values, b, stop - first)
             passes += 1
     return PatchResult.build(
         cells, patched - corrupt_metric, clean_metric, corrupt_metric, normalize, passes
@@ -176,12 +176,20 @@ def _call(model: nn.Module, batch: InputBatch, repeats: int | None) -> Any:
     return batch.call(model, batch.take_rows(rows))
 
 
-def _metric(metric: Metric, output: Tensor, b: int) -> Tensor:
-    value = metric(output)
+def _metric(metric: Any, output: Tensor, b: int, *args: Any) -> Tensor:
+    value = metric(output, *args)
     if not isinstance(value, Tensor) or value.reshape(-1).shape[0] != b:
         got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise InputError(f"the metric must return one value per example ([{b}]), got {got}")
     return value.reshape(b).detach()
+
+
+def _metric_rows(metric: Metric, values: Tensor, b: int, repeats: int) -> Tensor:
+    """``[repeats, B]``: the metric of each stacked copy of the batch; the built-in metrics in
+    one call, any other callable once per copy (it sees the B rows of one variant)."""
+    if isinstance(metric, MetricBase):
+        return _metric(metric.tiled, values, b * repeats, repeats).reshape(repeats, b)
+    return torch.stack([_metric(metric, values[v * b : (v + 1) * b], b) for v in range(repeats)])
 
 
 def _rows_per_pass(
