@@ -308,12 +308,15 @@ class Scope:
         accumulated over R runs of one shape)."""
         from tensordict import TensorDict
 
-        td = TensorDict({}, batch_size=[])
-        for key, values in self._rec.values.items():
-            if not values:
-                continue
-            td.set(key, _joined(key, values) if self._rec.accumulate.get(key) else values[-1])
-        return td
+        return TensorDict(self.captured(), batch_size=[])
+
+    def captured(self) -> dict[str, Tensor]:
+        """What :attr:`cache` holds, as a plain dict (no TensorDict is built)."""
+        return {
+            key: _joined(key, values) if self._rec.accumulate.get(key) else values[-1]
+            for key, values in self._rec.values.items()
+            if values
+        }
 
     def clear(self) -> None:
         """Forget what was captured so far."""

@@ -185,15 +185,13 @@ def _cache_batch(
                 # autograd.grad, not backward: the parameters' .grad stay as the user left them;
                 # the scope's tensor hooks capture the gradient at each site on the way
                 torch.autograd.grad(scalars.sum(), live, allow_unused=True)
-    td = scope.cache
-    mask = _mask(batch)
+    captured = scope.captured()
+    if reducer is not None:
+        mask = _mask(batch)
+        captured = {key: reducer(value, mask) for key, value in captured.items()}
     from tensordict import TensorDict
 
-    out = TensorDict({}, batch_size=[batch.batch_size])
-    for key in td.keys():
-        value = td.get(key)
-        out.set(key, reducer(value, mask) if reducer else value)
-    return out
+    return TensorDict(captured, batch_size=[batch.batch_size])
 
 
 def _keep(value: Any, live: list[Tensor]) -> Any:
