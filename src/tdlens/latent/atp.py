@@ -98,7 +98,7 @@ def attribution_patching(
         )
 
         def estimate(grads: dict[str, Tensor]) -> tuple[Tensor, int]:
-            change = torch.empty(cells.count, b, dtype=corrupt_metric.dtype)
+            change = corrupt_metric.new_empty(cells.count, b)
             for i, key in enumerate(keys):
                 if key in qk:
                     continue  # filled by the exact pattern sweep below

@@ -111,7 +111,7 @@ def _sweep(
         corrupt_metric = _metric(metric, corrupt_out, b)
     rows = _rows_per_pass(batch_size, b, corrupt_out, [acts.get(k) for k in keys])
     per_variant = max(1, rows // b)
-    patched = torch.empty(cells.count, b, dtype=corrupt_metric.dtype)
+    patched = corrupt_metric.new_empty(cells.count, b)
     passes = 2
     with Scope(model) as scope, torch.no_grad():
         state: dict[str, Any] = {}
@@ -140,7 +140,9 @@ def _patcher(
         mine = cells.for_path(path_index, first, stop)
         if mine is None:
             return None  # no variant of this chunk patches this path
-        variant, position, head = mine
+        # the cells' indices live on the CPU; the activation may not
+        variant, position, head = (None if t is None else t.to(value.device) for t in mine)
+        assert variant is not None
         if value.shape[0] != (stop - first) * b or value.shape[1:] != clean.shape[1:]:
             raise InputError(
                 f"patch: {cells.paths[path_index]!r} gave an activation of shape "
