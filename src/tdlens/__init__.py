@@ -67,9 +67,9 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"tdlens.{name}")
     if name in _ALIASES:
-        module = importlib.import_module(_ALIASES[name])
-        sys.modules.setdefault(f"tdlens.{name}", module)  # ``import tdlens.lrp`` too, after
-        return module
+        alias = importlib.import_module(_ALIASES[name])
+        sys.modules.setdefault(f"tdlens.{name}", alias)  # ``import tdlens.lrp`` too, after
+        return alias
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'tdlens' has no attribute {name!r}")

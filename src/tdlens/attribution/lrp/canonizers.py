@@ -10,8 +10,9 @@ batch norm on its own would get a rule of its own, and absorb or amplify relevan
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -87,7 +88,7 @@ class MergeBatchNorm(Canonizer):
                     f"MergeBatchNorm: batch norm {norm!r} is in training mode, where it uses the "
                     "batch's statistics and cannot be folded; call model.eval() first"
                 )
-        undo: list = []
+        undo: list[Callable[[], None]] = []
         try:
             for layer_path, norm_path in pairs:
                 undo.append(_merge(model, modules[layer_path], norm_path, modules[norm_path]))
@@ -101,13 +102,13 @@ def _outputs(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels  # type: ignore[return-value]
 
 
-def _merge(model: nn.Module, layer: nn.Module, norm_path: str, norm: nn.Module) -> object:
+def _merge(model: nn.Module, layer: nn.Module, norm_path: str, norm: Any) -> Callable[[], None]:
     """Fold ``norm`` into ``layer`` and put an identity in its place; returns the undo."""
     weight: Tensor = layer.weight  # type: ignore[assignment]
     old_weight, old_bias = weight.data, layer.bias
     with torch.no_grad():
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # type: ignore[operator]
-        shift = norm.bias - norm.running_mean * scale  # type: ignore[operator]
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
         shape = (-1, *[1] * (weight.dim() - 1))
         new_weight = weight * scale.reshape(shape).to(weight)
         bias = old_bias.data if old_bias is not None else torch.zeros_like(scale)

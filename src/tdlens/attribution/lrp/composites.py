@@ -116,21 +116,19 @@ class Composite:
         """``{id(module): (path, rule)}`` for the modules with a rule of their own."""
         rules = {**self.extra_rules(model), **self.rules}
         by_path: dict[str, Rule] = {}
-        for key, rule in rules.items():
+        for key, path_rule in rules.items():
             if isinstance(key, str):
                 try:
                     paths = resolve_paths(model, key)
                 except KeyNotFoundError as error:
                     raise KeyNotFoundError(f"Composite rule for path {key!r}: {error}") from None
                 for path in paths:
-                    by_path.setdefault(path.module, rule)
+                    by_path.setdefault(path.module, path_rule)
         others = [(k, r) for k, r in rules.items() if not isinstance(k, str)]
         assigned: dict[int, tuple[str, Rule]] = {}
         for path, module in model.named_modules():
-            rule = by_path.get(path) or _match(others, path, module)
             own = _own_rule(module)
-            if own is not None:
-                rule = own
+            rule = own if own is not None else by_path.get(path) or _match(others, path, module)
             if rule is not None:
                 assigned[id(module)] = (path, rule)
             elif self.strict and not any(True for _ in module.children()):
@@ -180,7 +178,9 @@ def _own_rule(module: nn.Module) -> Rule | None:
         bias = "zero" if zero_bias else "keep"
         return Gamma(float(rule.gamma), epsilon=float(rule.STABILITY_FACTOR), bias=bias)
     if "Alpha1_Beta0_Rule" in names:
-        return PositiveWeights(epsilon=float(rule.STABILITY_FACTOR), bias="zero" * zero_bias or "keep")
+        return PositiveWeights(
+            epsilon=float(rule.STABILITY_FACTOR), bias="zero" * zero_bias or "keep"
+        )
     raise InputTypeError(
         f"module {type(module).__name__} has a rule attribute of type {type(rule).__name__}, "
         "which tdlens cannot translate; set a tdlens.lrp rule (e.g. lrp.Epsilon(1e-6)) instead"
@@ -216,13 +216,13 @@ def get_composite(composite: Composite | str | None, **options: Any) -> Composit
 
 
 @register("epsilon")
-def EpsilonComposite(epsilon: float = 1e-9) -> Composite:  # noqa: N802
+def EpsilonComposite(epsilon: float = 1e-9) -> Composite:
     """The epsilon rule everywhere (captum's defaults with another ``epsilon``)."""
     return Composite(defaults={"linear": Epsilon(epsilon), "affine": Epsilon(epsilon)})
 
 
 @register("epsilon_plus")
-def EpsilonPlus(epsilon: float = 1e-6) -> Composite:  # noqa: N802
+def EpsilonPlus(epsilon: float = 1e-6) -> Composite:
     """z+ on convolutions, epsilon on dense layers."""
     return Composite(
         {CONVOLUTIONS: ZPlus(), nn.Linear: Epsilon(epsilon)},
@@ -231,7 +231,7 @@ def EpsilonPlus(epsilon: float = 1e-6) -> Composite:  # noqa: N802
 
 
 @register("epsilon_alpha2_beta1")
-def EpsilonAlpha2Beta1(epsilon: float = 1e-6) -> Composite:  # noqa: N802
+def EpsilonAlpha2Beta1(epsilon: float = 1e-6) -> Composite:
     """alpha 2 beta 1 on convolutions, epsilon on dense layers."""
     return Composite(
         {CONVOLUTIONS: AlphaBeta(2, 1), nn.Linear: Epsilon(epsilon)},
@@ -269,15 +269,13 @@ def _activation_module(path: str, module: nn.Module) -> bool:
     """Hugging Face activation modules (``NewGELUActivation``...) and RMS norms written as
     modules: element-wise, so relevance passes them whole."""
     kind = type(module)
-    return (
-        kind.__module__.startswith("transformers.activations")
-        or kind.__name__.endswith("RMSNorm")
-        and not any(True for _ in module.children())
+    return kind.__module__.startswith("transformers.activations") or (
+        kind.__name__.endswith("RMSNorm") and not any(True for _ in module.children())
     )
 
 
 @register("transformer")
-def Transformer(epsilon: float = 1e-6, attention: str = "attnlrp") -> Composite:  # noqa: N802
+def Transformer(epsilon: float = 1e-6, attention: str = "attnlrp") -> Composite:
     """AttnLRP (Achtibat et al. 2024): epsilon on linear layers, identity on activations,
     half-split products (``q k^T``, attention times values, gating), the gradient through
     softmax, layer norms with the scale held constant. ``attention="ah"`` holds the attention

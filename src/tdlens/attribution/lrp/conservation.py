@@ -90,7 +90,9 @@ def conservation(
 
 def _layers_that_run(model: nn.Module, inputs: Any) -> list[str]:
     """Leaf modules that run exactly once with a floating-point tensor output, in run order."""
-    names = {id(m): p for p, m in model.named_modules() if p and not any(True for _ in m.children())}
+    names = {
+        id(m): p for p, m in model.named_modules() if p and not any(True for _ in m.children())
+    }
     order: list[str] = []
     counts: dict[str, int] = {}
 

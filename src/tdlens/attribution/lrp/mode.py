@@ -7,7 +7,6 @@ module context comes from global module hooks that exist only while the mode is 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +19,7 @@ from torch.nn.modules import module as module_hooks
 from ...core.errors import InputError
 from ..rules import _Call, _RuleMode, swap_backward
 from .composites import Composite
-from .ops import LinearOp, divide, is_variable, relay
+from .ops import LinearOp, attention_parts, is_variable, masked, relay
 from .rules import Epsilon, Gradient, LayerNorm, Pass, Product, Rule, pass_through
 
 _POOLS = {f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg") for d in (1, 2, 3)}
@@ -184,26 +183,11 @@ class LRPMode(_RuleMode):
 
     def _attention(self, call: _Call) -> Tensor:
         """``F.scaled_dot_product_attention`` as its parts, each with its rule."""
-        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-        bound = dict(zip(names, call.args), **call.kwargs)
-        q, k, v = bound["query"], bound["key"], bound["value"]
-        if bound.get("enable_gqa") and q.shape[-3] != k.shape[-3]:
-            repeat = q.shape[-3] // k.shape[-3]
-            k, v = k.repeat_interleave(repeat, -3), v.repeat_interleave(repeat, -3)
-        scale = bound.get("scale") or 1 / math.sqrt(q.shape[-1])
-        kt = k.transpose(-2, -1)
-        scores = self._maybe_product(torch.matmul, q, kt) * scale
-        mask = bound.get("attn_mask")
-        if bound.get("is_causal"):
-            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            else:
-                scores = scores + mask
+        q, k, v, mask, scale, dropout_p = attention_parts(call.args, call.kwargs)
+        scores = masked(self._maybe_product(torch.matmul, q, k.transpose(-2, -1)) * scale, mask)
         pattern = torch.softmax(scores, dim=-1)
-        if bound.get("dropout_p", 0.0):
-            pattern = F.dropout(pattern, bound["dropout_p"])
+        if dropout_p:
+            pattern = F.dropout(pattern, dropout_p)
         return self._maybe_product(torch.matmul, pattern, v)
 
     def _maybe_product(self, func: Callable[..., Any], a: Tensor, b: Tensor) -> Tensor:
@@ -234,7 +218,7 @@ def _scaled(out: Any, rule: Epsilon) -> Any:
 
 def _layer_norm(call: _Call) -> Tensor:
     """Layer / RMS norm with ``1 / std`` held constant in the backward pass."""
-    names = ("input", "normalized_shape", "weight", "bias", "eps")
+    names: tuple[str, ...] = ("input", "normalized_shape", "weight", "bias", "eps")
     if call.name == "rms_norm":
         names = ("input", "normalized_shape", "weight", "eps")
     bound = dict(zip(names, call.args), **call.kwargs)
@@ -278,6 +262,3 @@ def _is_pattern(t: Tensor) -> bool:
 
 def _shape(value: Any) -> str:
     return str(list(value.shape)) if isinstance(value, Tensor) else type(value).__name__
-
-
-__all__ = ["CATEGORIES", "LRPMode", "divide"]

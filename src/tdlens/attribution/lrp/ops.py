@@ -17,6 +17,7 @@ no division).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -151,3 +152,31 @@ class LinearOp:
 
     def output(self) -> Tensor:
         return self.forward(self.x, self.weight, self.bias)
+
+
+_SDPA = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def attention_parts(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor, Any, float, float]:
+    """``F.scaled_dot_product_attention``'s arguments as ``q, k, v, mask, scale, dropout_p``:
+    grouped key/value heads repeated, ``is_causal`` made a boolean mask."""
+    bound = dict(zip(_SDPA, args), **kwargs)
+    q, k, v = bound["query"], bound["key"], bound["value"]
+    if bound.get("enable_gqa") and q.shape[-3] != k.shape[-3]:
+        repeat = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(repeat, -3), v.repeat_interleave(repeat, -3)
+    mask = bound.get("attn_mask")
+    if bound.get("is_causal"):
+        ones = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)
+        mask = ones.tril()
+    scale = bound.get("scale") or 1 / math.sqrt(q.shape[-1])
+    return q, k, v, mask, scale, float(bound.get("dropout_p") or 0.0)
+
+
+def masked(scores: Tensor, mask: Any) -> Tensor:
+    """Attention scores with a boolean (keep where true) or additive mask applied."""
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask
