@@ -97,10 +97,10 @@ class _AttentionMethod:
 
     def _patterns(self, batch: InputBatch) -> list[Tensor]:
         with torch.no_grad(), self._capture(grad=False) as (call, patterns):
-            batch.call(call, batch.take_rows(None))
+            batch.call(call, batch.take_rows(None, run=(0, batch.batch_size)))
         if not patterns:
             with torch.no_grad(), _PatternMode(patterns, False):
-                batch.call(self.model, batch.take_rows(None))
+                batch.call(self.model, batch.take_rows(None, run=(0, batch.batch_size)))
         return _checked(patterns, type(self.model).__name__)
 
 
@@ -254,7 +254,7 @@ class AttentionXGradient(_AttentionMethod):
         examples = torch.arange(batch.batch_size)
         with torch.enable_grad(), ModelAdapter(self.model, batch, target_list) as adapter:
             with self._capture(grad=True) as (_call, patterns):
-                explained, _ = adapter.run(batch.take_rows(None))
+                explained, _ = adapter.run(batch.take_rows(None, run=(0, batch.batch_size)))
             patterns = _checked(patterns, type(self.model).__name__)
             adapter.learn_predictions(explained, examples)
             scalars = adapter.pick(explained, examples, rows_are_inputs=True)

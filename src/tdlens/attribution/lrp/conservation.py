@@ -107,7 +107,7 @@ def _layers_that_run(model: nn.Module, inputs: Any) -> list[str]:
     try:
         with torch.no_grad():
             batch = InputBatch.build(inputs, require_float=False, need_attributed=False)
-            batch.call(model, batch.take_rows(None))
+            batch.call(model, batch.take_rows(None, run=(0, batch.batch_size)))
     finally:
         handle.remove()
     return [p for p in order if counts[p] == 1]
