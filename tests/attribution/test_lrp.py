@@ -241,7 +241,7 @@ def test_registered_composites():
         tdlens.LRP(model, composite=manual).attribute(x, target=1),
     )
     assert isinstance(lrp.get_composite("transformer"), lrp.Composite)
-    with pytest.raises(InputError, match="registered: .*epsilon_plus"):
+    with pytest.raises(InputError, match=r"registered: .*epsilon_plus"):
         tdlens.LRP(model, composite="epsilon_pluss")
 
     @lrp.register("my_composite")
@@ -271,17 +271,17 @@ def test_strict_composite_names_module_and_suggests_rule():
 
 def test_rule_for_missing_path_is_an_error():
     model = seeded(CNN())
-    with pytest.raises(KeyNotFoundError, match="'conv3'.*did you mean.*conv1"):
+    with pytest.raises(KeyNotFoundError, match=r"'conv3'.*did you mean.*conv1"):
         tdlens.LRP(model, composite=lrp.Composite({"conv3": lrp.ZPlus()})).attribute(
             randn(1, 1, 8, 8), target=0
         )
-    with pytest.raises(TypeError, match="not a tdlens.lrp rule"):
+    with pytest.raises(TypeError, match=r"not a tdlens.lrp rule"):
         lrp.Composite({nn.Linear: "epsilon"})
 
 
 def test_pass_on_a_layer_that_changes_shape_is_an_error():
     model = seeded(MLP())
-    with pytest.raises(InputError, match="Pass on module .net.0. .Linear. gives each input"):
+    with pytest.raises(InputError, match=r"Pass on module .net.0. .Linear. gives each input"):
         tdlens.LRP(model, composite=lrp.Composite({"net.0": lrp.Pass()})).attribute(
             randn(2, 6), target=0
         )
@@ -351,7 +351,7 @@ def test_tuple_and_dict_inputs():
 def test_initial_relevance_scales():
     model = seeded(MLP())
     x = randn(3, 6)
-    attr, delta = tdlens.LRP(model).attribute(x, target=0, return_convergence_delta=True)
+    attr, _delta = tdlens.LRP(model).attribute(x, target=0, return_convergence_delta=True)
     one = tdlens.LRP(model).attribute(x, target=0, initial_relevance=1.0)
     value = model(x)[:, 0].detach()
     torch.testing.assert_close(one * value[:, None], attr)
