@@ -202,5 +202,5 @@ def test_merge_batch_norm_restores_after_an_exception_and_checks_its_use():
     model.train()
     with pytest.raises(InputError, match="training mode"):
         tdlens.LRP(model, canonizers=[lrp.MergeBatchNorm()]).attribute(randn(2, 3, 8, 8), target=0)
-    with pytest.raises(InputError, match="'stem.1' is not a Linear or Conv1d"):
+    with pytest.raises(InputError, match=r"'stem.1' is not a Linear or Conv1d"):
         lrp.MergeBatchNorm(pairs=[("stem.1", "stem.1")]).find_pairs(model)

@@ -1,10 +1,12 @@
 """Attribution from attention patterns: rollout, flow, and gradient-weighted attention.
 
-The attention probabilities ``[B, H, T, T]`` of each layer come, in this order of preference,
-from ``attentions=`` (module paths or a glob whose value is a pattern, e.g.
-``"blocks.*.attn:output[1]"``), a Hugging Face model's ``output_attentions``, or every 4-D
-softmax over the last dimension and every ``F.scaled_dot_product_attention`` call of the
-forward pass (decomposed there, so that its pattern exists).
+The attention probabilities ``[B, H, T, T]`` of each layer come from ``attentions=`` (module
+paths or a glob whose value is a pattern, e.g. ``"blocks.*.attn:output[1]"``) or, by default,
+from every 4-D softmax over the last dimension and every ``F.scaled_dot_product_attention``
+call of the forward pass (decomposed there, so that its pattern exists). For a Hugging Face
+model these are the tensors ``output_attentions=True`` returns, with the eager or the SDPA
+attention alike; tdlens reads them without asking for them, because transformers installs
+hooks on the model the first time it is asked (the model must be left unchanged).
 
 - :class:`AttentionRollout` (Abnar & Zuidema 2020): heads fused, the residual added
   (``0.5 A + 0.5 I``), rows renormalised, and the layers multiplied: ``R = A_L ... A_1``;
@@ -40,8 +42,8 @@ from .lrp.ops import attention_parts, masked
 Node = tuple[int, int]  # (layer, position) in the flow graph
 FUSIONS = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
 _NOT_FOUND = (
-    "found no attention pattern in {model}: it returned no `attentions` for "
-    "output_attentions=True and ran no 4-D softmax or scaled_dot_product_attention; name the "
+    "found no attention pattern in {model}: it ran no 4-D softmax over the last dimension and "
+    "no scaled_dot_product_attention; name the "
     "modules whose output holds the [B, H, T, T] pattern with attentions=, e.g. "
     "attentions='blocks.*.attn:output[1]'"
 )
@@ -81,26 +83,12 @@ class _AttentionMethod:
                     hooks.on_site(model, path, lambda value: patterns.append(value))
                 yield model, patterns
             return
-        if not grad and hasattr(model, "config"):  # Hugging Face: ask for the patterns
-
-            def call(*args: Any, **kwargs: Any) -> Any:
-                out = model(*args, **kwargs, output_attentions=True)
-                attentions = getattr(out, "attentions", None)
-                if attentions and all(isinstance(a, Tensor) for a in attentions):
-                    patterns.extend(attentions)
-                return out
-
-            yield call, patterns
-            return
         with _PatternMode(patterns, grad):
             yield model, patterns
 
     def _patterns(self, batch: InputBatch) -> list[Tensor]:
         with torch.no_grad(), self._capture(grad=False) as (call, patterns):
             batch.call(call, batch.take_rows(None, run=(0, batch.batch_size)))
-        if not patterns:
-            with torch.no_grad(), _PatternMode(patterns, False):
-                batch.call(self.model, batch.take_rows(None, run=(0, batch.batch_size)))
         return _checked(patterns, type(self.model).__name__)
 
 
@@ -110,7 +98,7 @@ class AttentionRollout(_AttentionMethod):
     Args:
         model: the transformer.
         attentions: module path(s) or glob whose output holds each layer's pattern (default:
-            ``output_attentions``, else every attention softmax; see the module docstring).
+            every attention softmax; see the module docstring).
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over the heads.
         discard_ratio: the fraction of each layer's smallest fused weights set to 0.
         residual: add the identity for the skip connection (``0.5 A + 0.5 I``).
