@@ -205,6 +205,24 @@ def test_rule_equals_plain_tensor_reference(rule_name, layer_kind):
             torch.testing.assert_close(result[i, k].reshape(-1), expected, atol=1e-9, rtol=1e-7)
 
 
+@pytest.mark.parametrize("rule_name", ["flat", "wsquare", "zbox"])
+def test_input_rules_give_zero_inputs_their_relevance(rule_name):
+    """Relevance that a rule gives an input entry equal to 0 is not lost."""
+    layer = seeded(nn.Linear(6, 4), 2)
+    x = randn(2, 6, seed=3)
+    x[:, ::2] = 0
+    attr = tdlens.LRP(layer, composite=lrp.Composite({nn.Linear: RULES[rule_name]}))
+    result = attr.attribute(x, target=1)
+    w, b = dense(layer, (6,))
+    for i in range(2):
+        z = w @ x[i] + b
+        r = torch.zeros_like(z)
+        r[1] = z[1]
+        expected = reference(rule_name, w, b, x[i], r)
+        assert expected[::2].abs().min() > 0
+        torch.testing.assert_close(result[i], expected, atol=1e-9, rtol=1e-7)
+
+
 def test_alpha_beta_must_conserve():
     with pytest.raises(InputError, match="alpha - beta = 1"):
         lrp.AlphaBeta(2, 2)

@@ -100,7 +100,8 @@ class LRP(Attribution):
 
             with GradientEngine(model, batch, target_list, layers, internal_batch_size) as eng:
                 relevance = eng.accumulate(
-                    transform=lambda _site, grad, point: grad * point, forward_scope=scope
+                    transform=lambda _site, grad, point: mode.relevance_at(point, grad),
+                    forward_scope=scope,
                 )
                 start = None
                 if return_convergence_delta or initial_relevance is not None:

@@ -19,7 +19,7 @@ from torch.nn.modules import module as module_hooks
 from ...core.errors import InputError
 from ..rules import _Call, _RuleMode, swap_backward
 from .composites import Composite
-from .ops import LinearOp, attention_parts, is_variable, masked, relay
+from .ops import LinearOp, attention_parts, divide, is_variable, masked, relay
 from .rules import Epsilon, Gradient, LayerNorm, Pass, Product, Rule, pass_through
 
 _POOLS = {f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg") for d in (1, 2, 3)}
@@ -62,6 +62,7 @@ class LRPMode(_RuleMode):
         self.assigned = composite.resolve(model) if isinstance(model, nn.Module) else {}
         self.stack: list[tuple[nn.Module, Rule, Tensor | None]] = []
         self.suspended = 0
+        self.at_zeros: dict[tuple[int, torch.Size], Tensor] = {}
 
     @contextmanager
     def active(self) -> Iterator[LRPMode]:
@@ -153,7 +154,32 @@ class LRPMode(_RuleMode):
             return _scaled(call.original(), rule)
         with torch.no_grad():
             z = call.original()
+        if x.is_leaf and type(rule).relevance is not Rule.relevance:
+            return relay((x,), z, self._with_zeros(op, z.detach(), rule))
         return relay((x,), z, rule.linear(op, z.detach()))
+
+    def _with_zeros(self, op: LinearOp, z: Tensor, rule: Rule) -> Callable[[Tensor], Tensor]:
+        """The backward of a rule whose input relevance need not vanish where the input is 0
+        (flat, w-square, z-box), on an attributed input: relevance a gradient cannot carry
+        there is kept aside for :meth:`relevance_at`."""
+        key = (op.x.data_ptr(), op.x.shape)
+
+        def backward(grad: Tensor) -> Tensor:
+            relevance = rule.relevance(op, z, z * grad)
+            zero = op.x == 0
+            if zero.any():
+                kept = torch.where(zero, relevance, torch.zeros_like(relevance))
+                self.at_zeros[key] = self.at_zeros[key] + kept if key in self.at_zeros else kept
+            return divide(relevance, op.x)
+
+        return backward
+
+    def relevance_at(self, point: Tensor, grad: Tensor) -> Tensor:
+        """The relevance of an attributed input: ``point * grad``, plus what rules gave to its
+        zero entries in the last backward pass."""
+        relevance = grad * point
+        kept = self.at_zeros.pop((point.data_ptr(), point.shape), None) if self.at_zeros else None
+        return relevance if kept is None else relevance + kept
 
     def product(
         self, func: Callable[..., Any], a: Tensor, b: Tensor, rest: tuple = (), kwargs: Any = None
