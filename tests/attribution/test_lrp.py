@@ -492,3 +492,27 @@ def test_model_untouched_also_after_an_exception():
             randn(2, 4), target=0
         )
     assert_untouched(boom, before)
+
+
+def test_docs_rule_example():
+    """docs/lrp.md's worked rule: the epsilon rule without the bias conserves relevance."""
+
+    class NoBiasEpsilon(lrp.Rule):
+        handles = frozenset({"linear"})
+
+        def __init__(self, epsilon: float = 1e-9):
+            self.epsilon = epsilon
+
+        def relevance(self, op, z, relevance):
+            s = relevance / lrp.stabilise(op.forward(op.x, op.weight), self.epsilon)
+            return op.x * op.vjp(s, op.weight)
+
+    model = seeded(MLP())
+    x = randn(3, 6)
+    comp = lrp.Composite({nn.Linear: NoBiasEpsilon()})
+    attr, gap = tdlens.LRP(model, composite=comp).attribute(
+        x, target=0, return_convergence_delta=True
+    )
+    assert gap.abs().max() < 1e-6
+    biased = tdlens.LRP(model).attribute(x, target=0, return_convergence_delta=True)[1]
+    assert biased.abs().max() > 1e-3

@@ -23,6 +23,7 @@ from .composites import (
     register,
 )
 from .conservation import ConservationReport, conservation
+from .ops import LinearOp, stabilise
 from .rules import (
     AlphaBeta,
     Epsilon,
@@ -56,6 +57,7 @@ __all__ = [
     "Gamma",
     "Gradient",
     "LayerNorm",
+    "LinearOp",
     "MergeBatchNorm",
     "Pass",
     "PositiveWeights",
@@ -70,4 +72,5 @@ __all__ = [
     "conservation",
     "get_composite",
     "register",
+    "stabilise",
 ]
