@@ -510,7 +510,7 @@ def test_docs_rule_example():
     model = seeded(MLP())
     x = randn(3, 6)
     comp = lrp.Composite({nn.Linear: NoBiasEpsilon()})
-    attr, gap = tdlens.LRP(model, composite=comp).attribute(
+    _attr, gap = tdlens.LRP(model, composite=comp).attribute(
         x, target=0, return_convergence_delta=True
     )
     assert gap.abs().max() < 1e-6
