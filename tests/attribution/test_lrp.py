@@ -516,3 +516,18 @@ def test_docs_rule_example():
     assert gap.abs().max() < 1e-6
     biased = tdlens.LRP(model).attribute(x, target=0, return_convergence_delta=True)[1]
     assert biased.abs().max() > 1e-3
+
+
+def test_calls_without_a_rule_are_named_in_a_warning():
+    class WithMHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+    model = seeded(WithMHA())
+    with pytest.warns(UserWarning, match="'multi_head_attention_forward' has no LRP rule"):
+        tdlens.LRP(model).attribute(randn(2, 3, 4), target=0)

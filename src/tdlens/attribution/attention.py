@@ -23,7 +23,7 @@ input position contributes to position ``i`` at the top.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,23 +72,23 @@ class _AttentionMethod:
         return InputBatch.build(inputs, require_float=False, need_attributed=False)
 
     @contextmanager
-    def _capture(self, grad: bool) -> Iterator[tuple[Callable[..., Any], list[Tensor]]]:
-        """A callable running the model, and the list its patterns go into (in layer order).
-        With ``grad`` the patterns are leaves of the graph above them (``dy/dA`` exists)."""
+    def _capture(self, grad: bool) -> Iterator[list[Tensor]]:
+        """While entered, the patterns of the model's forward passes go into the list (in
+        layer order). With ``grad`` (and no ``attentions=``) they are leaves of the graph
+        above them, so that ``dy/dA`` exists whatever requires grad."""
         patterns: list[Tensor] = []
-        model = self.model
-        if self.paths is not None:
-            with HookSet() as hooks:
-                for path in self.paths:
-                    hooks.on_site(model, path, lambda value: patterns.append(value))
-                yield model, patterns
+        if self.paths is None:
+            with _PatternMode(patterns, grad):
+                yield patterns
             return
-        with _PatternMode(patterns, grad):
-            yield model, patterns
+        with HookSet() as hooks:
+            for path in self.paths:
+                hooks.on_site(self.model, path, lambda value: patterns.append(value))
+            yield patterns
 
     def _patterns(self, batch: InputBatch) -> list[Tensor]:
-        with torch.no_grad(), self._capture(grad=False) as (call, patterns):
-            batch.call(call, batch.take_rows(None, run=(0, batch.batch_size)))
+        with torch.no_grad(), self._capture(grad=False) as patterns:
+            batch.call(self.model, batch.take_rows(None, run=(0, batch.batch_size)))
         return _checked(patterns, type(self.model).__name__)
 
 
@@ -241,7 +241,7 @@ class AttentionXGradient(_AttentionMethod):
         target_list, multi = normalize_targets(target, targets, output, batch.batch_size)
         examples = torch.arange(batch.batch_size)
         with torch.enable_grad(), ModelAdapter(self.model, batch, target_list) as adapter:
-            with self._capture(grad=True) as (_call, patterns):
+            with self._capture(grad=True) as patterns:
                 explained, _ = adapter.run(batch.take_rows(None, run=(0, batch.batch_size)))
             patterns = _checked(patterns, type(self.model).__name__)
             adapter.learn_predictions(explained, examples)

@@ -10,6 +10,7 @@ targets take K backward passes over the one graph, as in every gradient method.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...core.errors import InputError, InputTypeError
+from ...core.errors import InputError, InputTypeError, format_keys
 from ..base import Attribution, layer_argument, with_defaults
 from ..engine import GradientEngine
 from .canonizers import Canonizer
@@ -109,6 +110,14 @@ class LRP(Attribution):
                     explained, _ = eng.evaluate(examples)
                     eng.resolve_predictions(explained)
                     start = torch.stack(eng.scalars(explained, examples), dim=1)  # [B, K]
+        if mode.unhandled:
+            warnings.warn(
+                f"LRP: {format_keys(sorted(mode.unhandled))} ha"
+                f"{'s' if len(mode.unhandled) == 1 else 've'} no LRP rule and ran as they are "
+                "(relevance through them is gradient times input; nn.MultiheadAttention is "
+                "one such call: F.scaled_dot_product_attention has rules)",
+                stacklevel=3,
+            )
         if initial_relevance is not None:
             assert start is not None
             relevance, start = _rescale(relevance, start, initial_relevance)

@@ -41,6 +41,13 @@ CATEGORIES: dict[str, str] = {
     "softmax": "softmax",
     **dict.fromkeys(("layer_norm", "rms_norm"), "norm"),
     "scaled_dot_product_attention": "attention",
+    **dict.fromkeys(
+        (
+            *("multi_head_attention_forward", "group_norm", "instance_norm", "normalize"),
+            *("local_response_norm", "log_softmax", "softmin", "glu"),
+        ),
+        "unhandled",
+    ),
 }
 # nodes between a softmax and its use in a product that keep it an attention pattern
 _PATTERN_STEPS = ("ToCopyBackward", "CloneBackward", "ViewBackward", "UnsafeViewBackward")
@@ -63,6 +70,7 @@ class LRPMode(_RuleMode):
         self.stack: list[tuple[nn.Module, Rule, Tensor | None]] = []
         self.suspended = 0
         self.at_zeros: dict[tuple[int, torch.Size], Tensor] = {}
+        self.unhandled: set[str] = set()
 
     @contextmanager
     def active(self) -> Iterator[LRPMode]:
@@ -120,6 +128,11 @@ class LRPMode(_RuleMode):
         if self.suspended or not torch.is_grad_enabled():
             return call.original()
         kind = CATEGORIES[call.name]
+        if kind == "unhandled":  # runs as it is: relevance there is gradient times input
+            out = call.original()
+            if any(isinstance(v, Tensor) and v.requires_grad for v in _flat(out)):
+                self.unhandled.add(call.name)
+            return out
         if kind == "attention":
             return self._attention(call)
         if kind == "product":
@@ -220,6 +233,10 @@ class LRPMode(_RuleMode):
         if is_variable(a) and is_variable(b):
             return self.product(func, a, b)
         return func(a, b)
+
+
+def _flat(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 def _operands(call: _Call) -> tuple[Any, Any]:
