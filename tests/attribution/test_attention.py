@@ -128,6 +128,8 @@ def test_attention_x_gradient_equals_its_autograd_formula(toy):
         torch.testing.assert_close(ours[:, k], r.detach())
     single = tdlens.AttentionXGradient(toy).attribute(x, target=2)
     torch.testing.assert_close(single, ours[:, 1])
+    by_path = tdlens.AttentionXGradient(toy, attentions="layers.*:output[1]")
+    torch.testing.assert_close(by_path.attribute(x, targets=[0, 2]), ours)
 
 
 def test_no_attention_found_says_how_to_name_it():

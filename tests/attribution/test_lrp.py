@@ -531,3 +531,20 @@ def test_calls_without_a_rule_are_named_in_a_warning():
     model = seeded(WithMHA())
     with pytest.warns(UserWarning, match="'multi_head_attention_forward' has no LRP rule"):
         tdlens.LRP(model).attribute(randn(2, 3, 4), target=0)
+
+
+def test_tensordict_pipeline():
+    """A tensordict.nn pipeline of two networks: relevance per input key, as a TensorDict."""
+    from tensordict import TensorDict
+    from tensordict.nn import TensorDictModule, TensorDictSequential
+
+    body = seeded(MLP((6, 8, 4)))
+    head = seeded(nn.Linear(4, 3), 1)
+    pipeline = TensorDictSequential(
+        TensorDictModule(body, in_keys=["obs"], out_keys=["hidden"]),
+        TensorDictModule(head, in_keys=["hidden"], out_keys=["logits"]),
+    )
+    td = TensorDict(obs=randn(4, 6), batch_size=[4])
+    out = tdlens.LRP(pipeline).attribute(td, targets=[0, 2], output="logits")
+    plain = tdlens.LRP(nn.Sequential(body, head)).attribute(td["obs"], targets=[0, 2])
+    torch.testing.assert_close(out["obs"], plain)
