@@ -179,7 +179,7 @@ RULES = {
 }
 
 
-@pytest.mark.parametrize("layer_kind", ["linear", "conv2d"])
+@pytest.mark.parametrize("layer_kind", ["linear", "conv2d", "conv2d_same"])
 @pytest.mark.parametrize("rule_name", list(RULES))
 def test_rule_equals_plain_tensor_reference(rule_name, layer_kind):
     torch.manual_seed(0)
@@ -188,7 +188,7 @@ def test_rule_equals_plain_tensor_reference(rule_name, layer_kind):
         shape = (7,)
     else:
         out = 2 if rule_name == "pass" else 3
-        layer = nn.Conv2d(2, out, 3, padding=1)
+        layer = nn.Conv2d(2, out, 3, padding=1 if layer_kind == "conv2d" else "same")
         shape = (2, 4, 4)
     layer = seeded(layer, 1)
     x = randn(2, *shape, seed=4)
@@ -435,6 +435,21 @@ def test_functional_and_module_versions_agree(sdpa):
     # the rules change the result: it is not gradient x input
     gxi = tdlens.InputXGradient(modules).attribute(x, targets=[0, 2])
     assert not torch.allclose(ours, gxi, atol=1e-6)
+
+
+def test_product_rule_shares():
+    class Times(nn.Module):
+        def forward(self, x, y):
+            return x * y
+
+    x, y = randn(2, 3), randn(2, 3, seed=2)
+    for share in (0.5, 0.25):
+        comp = lrp.Composite(defaults={"product": lrp.Product(share)})
+        rx, ry = tdlens.LRP(Times(), composite=comp).attribute((x, y), target=1)
+        value = x[:, 1] * y[:, 1]
+        torch.testing.assert_close(rx[:, 1], share * value)
+        torch.testing.assert_close(ry[:, 1], (1 - share) * value)
+        assert rx[:, [0, 2]].abs().max() == 0
 
 
 def test_product_rule_halves_and_layer_norm_holds_scale():
