@@ -1,5 +1,5 @@
 """LRP: captum 0.9 as the oracle where it is right; each rule against a dense plain-tensor
-re-implementation; composites, conservation, input structures, the untouched model."""
+re-implementation; composites and conservation."""
 
 from __future__ import annotations
 
