@@ -8,13 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 
 import tdlens
-
-tensordict = pytest.importorskip("tensordict")
-from tensordict import TensorDict  # noqa: E402
-from tensordict.nn import TensorDictModule, TensorDictSequential  # noqa: E402
 
 N_STEPS = 24
 
@@ -87,7 +85,10 @@ def test_output_as_module_of_key_and_targets_over_keys() -> None:
     ig = tdlens.IntegratedGradients(model)
     many = ig.attribute(
         td,
-        targets=[tdlens.Target(0, output=("head", "logits")), tdlens.Target(2, ("enc", "features"))],
+        targets=[
+            tdlens.Target(0, output=("head", "logits")),
+            tdlens.Target(2, ("enc", "features")),
+        ],
         n_steps=N_STEPS,
     )
     assert many["obs", "x"].shape == (5, 2, 4)
@@ -114,7 +115,10 @@ def test_two_heads_mixed_targets_equal_single_calls(method: str) -> None:
     options = {"sliding_window_shapes": (1,)} if method == "Occlusion" else {}
     mixed = explainer.attribute(
         td,
-        targets=[tdlens.Target(actions, output=("actor", "logits")), tdlens.Target(0, "state_value")],
+        targets=[
+            tdlens.Target(actions, output=("actor", "logits")),
+            tdlens.Target(0, "state_value"),
+        ],
         **options,
     )
     logit = explainer.attribute(td, target=actions, output=("actor", "logits"), **options)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
-from torch import nn
-from torch.distributions import Categorical, Normal
-
-import tdlens
-
-pytest.importorskip("tensordict")
-from tensordict import TensorDict  # noqa: E402
-from tensordict.nn import (  # noqa: E402
+from tensordict import TensorDict
+from tensordict.nn import (
     ProbabilisticTensorDictModule,
     ProbabilisticTensorDictSequential,
     TensorDictModule,
 )
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+import tdlens
 
 
 def _categorical_policy() -> tuple[ProbabilisticTensorDictSequential, nn.Module]:
@@ -36,7 +33,10 @@ def _categorical_policy() -> tuple[ProbabilisticTensorDictSequential, nn.Module]
 def _steps(b: int = 6) -> TensorDict:
     torch.manual_seed(1)
     return TensorDict(
-        {"observation": torch.randn(b, 4, dtype=torch.float64), "action": torch.randint(0, 3, (b,))},
+        {
+            "observation": torch.randn(b, 4, dtype=torch.float64),
+            "action": torch.randint(0, 3, (b,)),
+        },
         batch_size=[b],
     )
 
@@ -93,7 +93,5 @@ def test_gaussian_policy_log_prob_over_a_trajectory() -> None:
     )
     assert got["observation"].shape == (5, 2, 3)
     x = steps["observation"].clone().requires_grad_()
-    (grad,) = torch.autograd.grad(
-        log_prob(net(x.reshape(10, 3)), steps.reshape(-1)).sum(), x
-    )
+    (grad,) = torch.autograd.grad(log_prob(net(x.reshape(10, 3)), steps.reshape(-1)).sum(), x)
     torch.testing.assert_close(got["observation"], grad, atol=1e-12, rtol=0)

@@ -22,8 +22,8 @@ from ..core.adapter import as_key_layer, parse_layers, warn_if_training
 from ..core.errors import InputError, InputTypeError, format_keys
 from ..core.paths import ModulePath, is_path_like
 from ..core.structure import InputBatch
-from ..core.tdkeys import check_input_keys
 from ..core.targets import Target, normalize_targets
+from ..core.tdkeys import check_input_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 _CONSTRUCTOR_ONLY = ("layer", "output")

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from .errors import InputError, InputTypeError, TrainModeWarning
 from .hooks import HookSet
+from .lazy import is_tensordict, is_tensordict_module
 from .outputs import read_output
 from .paths import ModulePath, resolve_paths
-from .lazy import is_tensordict, is_tensordict_module
 from .structure import InputBatch, Key
 from .targets import Target, predicted, select, takes_context
 from .tdkeys import key_layer, redirect, tensordict_hint

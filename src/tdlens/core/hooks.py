@@ -209,7 +209,8 @@ class Scope:
 
     def _keys(self, paths: str | Iterable[str]) -> list[tuple[ModulePath, str]]:
         """Resolved paths with their keys as the user wrote them (globs: the module expanded)."""
-        raw = [paths] if isinstance(paths, (str, ModulePath)) else list(paths)
+        single = isinstance(paths, (str, ModulePath)) or not isinstance(paths, Iterable)
+        raw: list[Any] = [paths] if single else list(paths)  # parse_path names a wrong type
         pairs = []
         for text in raw:
             parsed = parse_path(text)
@@ -273,6 +274,8 @@ class Scope:
 
             def replace(current: Any, path: ModulePath = path) -> Any:
                 new = value(current) if callable(value) else value
+                if new is None:  # a function returning None keeps the value
+                    return None
                 if isinstance(current, Tensor) and not isinstance(new, Tensor):
                     new = _as_tensor(new, current, path)
                 if isinstance(current, Tensor) and isinstance(new, Tensor):
@@ -310,25 +313,6 @@ class Scope:
         accumulated over R runs of one shape)."""
         from tensordict import TensorDict
 
-<<<<<<< HEAD
-        td = TensorDict({}, batch_size=[])
-        for key, values in self._values.items():
-            if not values:
-                continue
-            if self._accumulate.get(key):
-                shapes = {tuple(v.shape) for v in values}
-                if len(shapes) > 1:
-                    raise InputError(
-                        f"get({key!r}, accumulate=True) stacks the runs along a new first "
-                        f"dimension, but they have different shapes {sorted(map(list, shapes))} "
-                        "(different batch sizes?); run batches of one size, or call "
-                        "scope.clear() between batches and read scope.cache after each"
-                    )
-                td.set(key, torch.stack(values))
-            else:
-                td.set(key, values[-1])
-        return td
-=======
         return TensorDict(self.captured(), batch_size=[])
 
     def captured(self) -> dict[str, Tensor]:
@@ -338,7 +322,6 @@ class Scope:
             for key, values in self._rec.values.items()
             if values
         }
->>>>>>> i11
 
     def clear(self) -> None:
         """Forget what was captured so far."""
@@ -355,11 +338,13 @@ def _joined(key: str, values: list[Tensor]) -> Tensor:
     if len(ranks) == 1:
         first = values[0].shape
         differ = {d for v in values for d in range(len(first)) if v.shape[d] != first[d]}
-        if len(differ) == 1:
+        if len(differ) == 1 and 0 not in differ:  # runs of different batch sizes: an error
             return torch.cat(values, dim=differ.pop())
     raise InputError(
-        f"the runs captured under {key!r} have shapes {sorted(shapes)[:4]} that neither stack nor "
-        f"join along one dimension; read them one by one with scope.values({key!r})"
+        f"get({key!r}, accumulate=True) stacks the runs along a new first dimension, but they "
+        f"have shapes {sorted(map(list, shapes))[:4]} that neither stack nor join along one "
+        "dimension after the batch (different batch sizes?); run batches of one size, or read "
+        f"the runs one by one with scope.values({key!r})"
     )
 
 

@@ -10,7 +10,6 @@ reads, so one call can mix the heads of a multi-output model.
 from __future__ import annotations
 
 import inspect
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
