@@ -38,6 +38,7 @@ def main() -> None:
         row_labels=[f"label {int(y)}" for y in y_test[:4]],
         dpi=80,
     ).save(OUT / "viz-grid.png")
+
     def probabilities(inputs: torch.Tensor) -> torch.Tensor:
         return model(inputs).softmax(-1)
 

@@ -1,0 +1,32 @@
+"""The examples' --fast modes run and assert their headline numbers (each under a minute)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cartpole_fast(tmp_path: Path) -> None:
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("matplotlib")
+    numbers = _load("cartpole").main(["--fast", "--out", str(tmp_path)])
+    assert numbers["probe R2 pole angle (critic hidden)"] > 0.5
+    assert numbers["return after"] != numbers["return before"]
+    assert numbers["IG completeness gap (max)"] < 1e-2
+    assert (tmp_path / "cartpole_attributions.png").stat().st_size > 0
+    assert "<table>" in (tmp_path / "cartpole_report.html").read_text()
