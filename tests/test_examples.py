@@ -30,3 +30,12 @@ def test_cartpole_fast(tmp_path: Path) -> None:
     assert numbers["IG completeness gap (max)"] < 1e-2
     assert (tmp_path / "cartpole_attributions.png").stat().st_size > 0
     assert "<table>" in (tmp_path / "cartpole_report.html").read_text()
+
+
+def test_captioning_fast(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    numbers = _load("captioning").main(["--fast", "--out", str(tmp_path)])
+    assert numbers["probe_accuracy"] > numbers["majority_class"] + 0.2
+    assert numbers["patched_tokens_changed"] > 0.3
+    assert (tmp_path / "captioning_attributions.png").stat().st_size > 0
