@@ -39,3 +39,16 @@ def test_captioning_fast(tmp_path: Path) -> None:
     assert numbers["probe_accuracy"] > numbers["majority_class"] + 0.2
     assert numbers["patched_tokens_changed"] > 0.3
     assert (tmp_path / "captioning_attributions.png").stat().st_size > 0
+
+
+def test_language_fast(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("matplotlib")
+    numbers = _load("language").main(["--fast", "--out", str(tmp_path)])
+    assert numbers["agreement accuracy"] > 0.9
+    assert numbers["IG: subject outweighs attractor"] > 0.8
+    assert (
+        numbers["plural verb share after steering"]
+        > numbers["plural verb share before steering"] + 0.3
+    )
+    assert "<span" in (tmp_path / "language_report.html").read_text()
