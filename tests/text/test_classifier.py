@@ -89,7 +89,9 @@ def test_ig_completeness_in_embedding_space(bert):
         ids = enc.input_ids
         base = torch.where(enc.element_of >= 0, torch.full_like(ids, tokenizer.pad_token_id), ids)
         if granularity == "token":  # special tokens kept at their own embeddings
-            assert (base[0, 0] == tokenizer.cls_token_id) and (base[0, -1] == tokenizer.sep_token_id)
+            assert (base[0, 0] == tokenizer.cls_token_id) and (
+                base[0, -1] == tokenizer.sep_token_id
+            )
         with torch.no_grad():
             f = model(input_ids=ids).logits[0, [0, 2]]
             f0 = model(input_ids=base).logits[0, [0, 2]]

@@ -102,8 +102,10 @@ def test_generation_at_word_level_and_perturbation(gpt2):
     # the word scores are the sums of their tokens' scores, future ones NaN in both
     sums = torch.nan_to_num(token.scores).sum(1)
     torch.testing.assert_close(torch.nan_to_num(word.scores).sum(1), sums)
-    for method in (KernelShap(model, tokenizer, n_samples=30, seed=0, granularity="word"),
-                   Occlusion(model, tokenizer, granularity="word")):
+    for method in (
+        KernelShap(model, tokenizer, n_samples=30, seed=0, granularity="word"),
+        Occlusion(model, tokenizer, granularity="word"),
+    ):
         e = method(PROMPT, targets=" the plot was")[0]
         assert e.elements == word.elements
         assert torch.equal(torch.isnan(e.scores), torch.isnan(word.scores))

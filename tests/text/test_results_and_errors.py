@@ -23,7 +23,6 @@ from tdlens.text import (
     Saliency,
     TextAttribution,
 )
-
 from tests.conftest import assert_untouched, model_state
 from tests.text.conftest import bert_classifier, bert_tokenizer, gpt2_lm, gpt2_tokenizer
 
@@ -170,7 +169,7 @@ def test_errors_before_any_forward_pass(bert):
             ig(["fine", "  "])
         with pytest.raises(TdlensError, match="out of range"):
             ig(TEXTS, targets=7)
-        with pytest.raises(TdlensError, match="set by tdlens.text"):
+        with pytest.raises(TdlensError, match=r"set by tdlens\.text"):
             IntegratedGradients(model, tokenizer, baselines=0)
         with pytest.raises(TdlensError, match="unknown option"):
             IntegratedGradients(model, tokenizer, n_stepz=3)

@@ -44,7 +44,9 @@ def evaluate(
         replace_id = _token_id(
             explainer.tokenizer, None, ("mask_token_id", "pad_token_id"), "replace"
         )
-    fixed = [k for k in ("inputs", "baselines", "targets", "target", "feature_mask") if k in options]
+    fixed = [
+        k for k in ("inputs", "baselines", "targets", "target", "feature_mask") if k in options
+    ]
     if fixed:
         raise InputError(f"{fixed} are set from the explanations; pass the metric's own options")
     results = []

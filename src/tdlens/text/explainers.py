@@ -182,7 +182,9 @@ class TextExplainer:
         for i, text in enumerate(texts):
             key: Any = (len(per_text[i] or [0]),)
             if not self.gradient:
-                key += (len(encode(self.tokenizer, [text], self.granularity, self.device).elements[0]),)
+                key += (
+                    len(encode(self.tokenizer, [text], self.granularity, self.device).elements[0]),
+                )
             if alone:
                 key += (i,)
             groups.setdefault(key, []).append(i)

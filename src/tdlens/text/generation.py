@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def greedy_continuation(model: torch.nn.Module, ids: list[int], n: int, eos: int | None) -> list[int]:
+def greedy_continuation(
+    model: torch.nn.Module, ids: list[int], n: int, eos: int | None
+) -> list[int]:
     """Up to ``n`` greedily generated token ids (stopping after an end-of-sequence token)."""
     device = next(model.parameters()).device
     sequence, new = list(ids), []

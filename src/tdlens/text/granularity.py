@@ -125,7 +125,7 @@ def encode(
     elements = []
     for b, text in enumerate(texts):
         ids = batch["input_ids"][b].tolist()
-        spans = [tuple(map(int, span)) for span in offsets[b].tolist()]
+        spans = [(int(start), int(end)) for start, end in offsets[b].tolist()]
         tokens = tokenizer.convert_ids_to_tokens(ids)
         owner, names = assign(
             text, spans, tokens, special[b].tolist(), real[b].tolist(), granularity

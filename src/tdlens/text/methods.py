@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -57,7 +57,7 @@ class GradientShap(TextExplainer):
 
     method_name = "GradientShap"
     baselines_kind = "distribution"
-    option_defaults = {"n_samples": 20}
+    option_defaults: ClassVar[dict[str, Any]] = {"n_samples": 20}
 
 
 class SmoothGrad(TextExplainer):
@@ -65,7 +65,7 @@ class SmoothGrad(TextExplainer):
     the standard deviation of the embedding matrix (the noise is in embedding units)."""
 
     method_name = "SmoothGrad"
-    option_defaults = {"nt_samples": 10}
+    option_defaults: ClassVar[dict[str, Any]] = {"nt_samples": 10}
 
     def _constructor_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.options.items() if k != "stdevs"}
@@ -85,10 +85,7 @@ class Occlusion(TextExplainer):
 
     method_name = "Occlusion"
     gradient = False
-    option_defaults = {"sliding_window_shapes": (1,)}
-
-    def _call_options(self, embeds: Tensor | None) -> dict[str, Any]:
-        return {}
+    option_defaults: ClassVar[dict[str, Any]] = {"sliding_window_shapes": (1,)}
 
 
 class FeatureAblation(TextExplainer):
@@ -109,7 +106,7 @@ class KernelShap(TextExplainer):
 
     method_name = "KernelShap"
     gradient = False
-    option_defaults = {"n_samples": 200}
+    option_defaults: ClassVar[dict[str, Any]] = {"n_samples": 200}
 
 
 class Lime(TextExplainer):
@@ -118,7 +115,7 @@ class Lime(TextExplainer):
 
     method_name = "Lime"
     gradient = False
-    option_defaults = {"n_samples": 200}
+    option_defaults: ClassVar[dict[str, Any]] = {"n_samples": 200}
 
 
 class Sobol(TextExplainer):

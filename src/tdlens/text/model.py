@@ -75,7 +75,7 @@ def model_kind(model: Any) -> str:
     return "classifier"  # a plain module taking input_ids: checked on its first output
 
 
-def embedding_module(model: nn.Module) -> nn.Module:
+def embedding_module(model: nn.Module) -> nn.Embedding:
     getter = getattr(model, "get_input_embeddings", None)
     module = getter() if callable(getter) else None
     if not isinstance(module, nn.Embedding):
@@ -149,8 +149,6 @@ class PresenceView(nn.Module):
 
     def forward(self, presence: Tensor, example: Tensor) -> Tensor:
         example = example.to(self.element_of.device)
-        others = {
-            k: v.index_select(0, example) for k, v in self.inputs.items() if k != "input_ids"
-        }
+        others = {k: v.index_select(0, example) for k, v in self.inputs.items() if k != "input_ids"}
         ids = self.token_ids(presence.to(self.element_of.device), example)
         return transform(read_logits(self.model(input_ids=ids, **others)), self.mode)
