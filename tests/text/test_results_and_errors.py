@@ -171,6 +171,10 @@ def test_errors_before_any_forward_pass(bert):
             ig(TEXTS, targets=7)
         with pytest.raises(TdlensError, match=r"set by tdlens\.text"):
             IntegratedGradients(model, tokenizer, baselines=0)
+        with pytest.raises(TdlensError, match=r"Granularity\.WORD"):
+            IntegratedGradients(model, tokenizer, granularity="words")
+        with pytest.raises(TdlensError, match="does not move the model"):
+            IntegratedGradients(model, tokenizer, device="meta")
         with pytest.raises(TdlensError, match="unknown option"):
             IntegratedGradients(model, tokenizer, n_stepz=3)
         transformers = pytest.importorskip("transformers")

@@ -120,6 +120,12 @@ class TextExplainer:
         self.options = {**self.option_defaults, **method_options}
         parameter = next(iter(model.parameters()), None)
         self.device = torch.device(device) if device is not None else _device(parameter)
+        if parameter is not None and parameter.device.type != self.device.type:
+            raise InputError(
+                f"device={self.device} but the model is on {parameter.device}: tdlens does not "
+                f"move the model; move it yourself (model.to({str(self.device)!r})) or leave "
+                "device=None"
+            )
         if self.gradient:
             self.embeddings = embedding_module(model)
             self.baseline_id = _token_id(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -66,14 +66,22 @@ class Encoded:
         return hot * (self.element_of >= 0).unsqueeze(-1).to(dtype)
 
 
-def as_granularity(value: Any) -> Granularity:
-    if isinstance(value, Granularity):
+E = TypeVar("E", bound=Enum)
+
+
+def as_enum(cls: type[E], value: Any, option: str) -> E:
+    """``value`` (a member or its name, any case) as a member of ``cls``."""
+    if isinstance(value, cls):
         return value
     try:
-        return Granularity(str(value).lower())
+        return cls(str(value).lower())
     except ValueError:
-        names = ", ".join(f"Granularity.{g.name}" for g in Granularity)
-        raise InputError(f"granularity={value!r} is not one of {names}") from None
+        names = ", ".join(f"{cls.__name__}.{member.name}" for member in cls)
+        raise InputError(f"{option}={value!r} is not one of {names}") from None
+
+
+def as_granularity(value: Any) -> Granularity:
+    return as_enum(Granularity, value, "granularity")
 
 
 def check_texts(texts: Any) -> list[str]:

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.errors import InputError, InputTypeError, KeyNotFoundError
+from ..core.errors import InputTypeError, KeyNotFoundError
+from .granularity import as_enum
 
 
 class InferenceModes(str, Enum):
@@ -32,13 +33,7 @@ class InferenceModes(str, Enum):
 
 
 def as_mode(value: Any) -> InferenceModes:
-    if isinstance(value, InferenceModes):
-        return value
-    try:
-        return InferenceModes(str(value).lower())
-    except ValueError:
-        names = ", ".join(f"InferenceModes.{m.name}" for m in InferenceModes)
-        raise InputError(f"inference_mode={value!r} is not one of {names}") from None
+    return as_enum(InferenceModes, value, "inference_mode")
 
 
 def transform(logits: Tensor, mode: InferenceModes) -> Tensor:
