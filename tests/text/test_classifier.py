@@ -136,7 +136,15 @@ def test_several_targets_and_class_names(bert):
     assert [e.targets[0] for e in ig(TEXTS[:2])] == predicted.argmax(-1).tolist()
 
 
-GRADIENT = ["Saliency", "InputXGradient", "IntegratedGradients", "SmoothGrad", "GradientShap"]
+GRADIENT = [
+    "Saliency",
+    "InputXGradient",
+    "IntegratedGradients",
+    "SmoothGrad",
+    "GradientShap",
+    "GuidedBackprop",
+    "Deconvolution",
+]
 PERTURBATION = [
     "Occlusion",
     "FeatureAblation",
@@ -157,15 +165,14 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", GRADIENT + PERTURBATION + ["DeepLift"])
+@pytest.mark.parametrize("name", GRADIENT + PERTURBATION + ["DeepLift", "DeepLiftShap"])
 @pytest.mark.parametrize("granularity", list(Granularity))
 def test_every_method_at_every_granularity(bert, name, granularity):
     model, tokenizer = bert
     explainer = getattr(text_methods, name)(
         model, tokenizer, granularity=granularity, **OPTIONS.get(name, {})
     )
-    if name == "DeepLift":
-        pytest.importorskip("transformers")
+    if name.startswith("DeepLift"):  # layer norms and attention fall back to gradients
         with pytest.warns(UserWarning):
             explanations = explainer(TEXTS[:2])
     else:

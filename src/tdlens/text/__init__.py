@@ -14,9 +14,12 @@ from .custom import Aggregator, AttributionExplainer, MeanAggregator, Perturbato
 from .explainers import TextExplainer
 from .granularity import Granularity
 from .methods import (
+    Deconvolution,
     DeepLift,
+    DeepLiftShap,
     FeatureAblation,
     GradientShap,
+    GuidedBackprop,
     InputXGradient,
     IntegratedGradients,
     KernelShap,
@@ -33,10 +36,13 @@ from .model import InferenceModes
 __all__ = [
     "Aggregator",
     "AttributionExplainer",
+    "Deconvolution",
     "DeepLift",
+    "DeepLiftShap",
     "FeatureAblation",
     "GradientShap",
     "Granularity",
+    "GuidedBackprop",
     "InferenceModes",
     "InputXGradient",
     "IntegratedGradients",

@@ -51,6 +51,28 @@ class DeepLift(TextExplainer):
     baselines_kind = "path"
 
 
+class DeepLiftShap(TextExplainer):
+    """DeepLift against the baseline embeddings as a one-baseline distribution (texts are
+    explained one at a time: each has its own baseline)."""
+
+    method_name = "DeepLiftShap"
+    baselines_kind = "distribution"
+
+
+class GuidedBackprop(TextExplainer):
+    """Guided backpropagation to the token embeddings (negative gradients cut at ReLUs),
+    summed over the embedding."""
+
+    method_name = "GuidedBackprop"
+
+
+class Deconvolution(TextExplainer):
+    """Deconvolution to the token embeddings (ReLUs applied to the gradient), summed over the
+    embedding."""
+
+    method_name = "Deconvolution"
+
+
 class GradientShap(TextExplainer):
     """Gradient SHAP with the baseline embeddings as the baseline distribution (texts are
     explained one at a time: each has its own baseline)."""
