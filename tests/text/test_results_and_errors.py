@@ -106,6 +106,51 @@ def test_custom_perturbator_and_aggregator_equal_occlusion(bert, granularity):
     torch.testing.assert_close(other(TEXTS[0])[0].scores, builtin(TEXTS[0])[0].scores)
 
 
+class EmbeddingOcclusion(Perturbator):
+    """One element at a time, its embeddings replaced by the mask token's: an embedding-space
+    perturbator that must equal Occlusion with the mask token."""
+
+    def __init__(self, embedder, mask_id):
+        super().__init__(inputs_embedder=embedder)
+        self.mask_id = mask_id
+
+    def perturb_embeddings(self, embeddings, element_of, generator):
+        b, m = embeddings.shape[0], int(element_of.max()) + 1
+        mask = self.inputs_embedder(torch.tensor([self.mask_id]))[0]
+        hit = element_of.unsqueeze(1) == torch.arange(m).reshape(1, m, 1)  # [B, M, L]
+        perturbed = torch.where(hit.unsqueeze(-1), mask, embeddings.unsqueeze(1))
+        return perturbed, (1 - torch.eye(m)).expand(b, m, m)
+
+
+def test_embedding_perturbator_equals_occlusion(bert):
+    model, tokenizer = bert
+    perturbator = EmbeddingOcclusion(model.get_input_embeddings(), tokenizer.mask_token_id)
+    custom = AttributionExplainer(
+        model,
+        tokenizer,
+        8,
+        perturbator=perturbator,
+        aggregator=MeanAggregator(),
+        granularity="word",
+    )
+    builtin = Occlusion(model, tokenizer, 8, granularity="word")
+    for mine, theirs in zip(custom(TEXTS, targets=[0, 2]), builtin(TEXTS, targets=[0, 2])):
+        torch.testing.assert_close(mine.scores, theirs.scores, rtol=1e-9, atol=1e-12)
+
+    class Wrong(EmbeddingOcclusion):
+        def perturb_embeddings(self, embeddings, element_of, generator):
+            return embeddings, embeddings
+
+    wrong = AttributionExplainer(
+        model,
+        tokenizer,
+        perturbator=Wrong(model.get_input_embeddings(), 4),
+        aggregator=MeanAggregator(),
+    )
+    with pytest.raises(TdlensError, match="expected"):
+        wrong(TEXTS[0])
+
+
 def test_occlusion_windows_of_words(bert):
     """Windows of two words: each word's score is the mean drop over the windows covering it."""
     model, tokenizer = bert
