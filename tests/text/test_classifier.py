@@ -182,3 +182,30 @@ def test_every_method_at_every_granularity(bert, name, granularity):
         assert torch.isfinite(e.scores).all()
         assert "[PAD]" not in e.elements
         assert ("[CLS]" in e.elements) == (granularity is Granularity.ALL_TOKENS)
+
+
+def test_decoder_classifier_batches_equal_one_by_one():
+    """GPT-2-like classifiers read the last non-pad token, found from input_ids: gradient
+    methods batch texts of one length only, perturbation methods pass ids with padding."""
+    transformers = pytest.importorskip("transformers")
+    from tests.text.conftest import gpt2_tokenizer
+
+    tokenizer = gpt2_tokenizer()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = transformers.GPT2ForSequenceClassification(config).eval().double()
+    texts = ["a dull and long film", "the plot is fun", "the movie was great and the actors"]
+    for explainer in (
+        IntegratedGradients(model, tokenizer, batch_size=4, n_steps=4, granularity="word"),
+        Occlusion(model, tokenizer, batch_size=4, granularity="word"),
+    ):
+        for text, e in zip(texts, explainer(texts, targets=1)):
+            torch.testing.assert_close(e.scores, explainer([text], targets=1)[0].scores)

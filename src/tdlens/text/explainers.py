@@ -186,12 +186,15 @@ class TextExplainer:
         ``batch_size``; one text at a time without a pad token or for per-text baselines."""
         groups: dict[Any, list[int]] = {}
         alone = self.baselines_kind == "distribution" or self.tokenizer.pad_token_id is None
+        # Decoder classifiers (GPT-2, Llama...: a ``score`` head) read the last non-pad token,
+        # which they find from input_ids only: with inputs_embeds, padded texts would be read at
+        # the wrong position, so gradient methods batch texts of the same length only.
+        same_length = self.gradient and hasattr(self.model, "score")
         for i, text in enumerate(texts):
             key: Any = (len(per_text[i] or [0]),)
-            if not self.gradient:
-                key += (
-                    len(encode(self.tokenizer, [text], self.granularity, self.device).elements[0]),
-                )
+            if not self.gradient or same_length:
+                enc = encode(self.tokenizer, [text], self.granularity, self.device)
+                key += (enc.input_ids.shape[1] if same_length else len(enc.elements[0]),)
             if alone:
                 key += (i,)
             groups.setdefault(key, []).append(i)
