@@ -19,6 +19,7 @@ from ..attribution.base import with_defaults
 from ..attribution.perturbation import (
     FeatureLayout,
     PerturbationAttribution,
+    PerturbationRun,
     Perturbations,
     masked,
 )
@@ -90,15 +91,17 @@ class MeanAggregator(Aggregator):
         return total / removed.sum(1).clamp(min=1).unsqueeze(1)
 
 
-class _Embedded(PerturbationAttribution):
-    """The core method of an embedding perturbator: its perturbed embeddings as the rows."""
+class _Custom(PerturbationAttribution):
+    """The core method a custom explainer runs: the perturbator's masks as coalitions over the
+    elements' presence or, with ``element_of`` (an embedding perturbator), its perturbed
+    embeddings as the rows."""
 
     def __init__(
         self,
         model: Any,
         perturbator: Perturbator,
         aggregator: Aggregator,
-        element_of: Tensor,
+        element_of: Tensor | None = None,
         **defaults: Any,
     ):
         super().__init__(model, **defaults)
@@ -121,13 +124,31 @@ class _Embedded(PerturbationAttribution):
             target=target,
             targets=targets,
             output=None,
-            keys=["inputs_embeds"],
+            keys=None,
             additional_forward_args=None,
             internal_batch_size=internal_batch_size,
             generator=generator,
             seed=seed,
             show_progress=show_progress,
         )
+        if self.element_of is not None:
+            return self._embedded(run)
+        layout = FeatureLayout.build(run.batch, None)
+        m = layout.n_features
+        masks = self.perturbator.get_masks(m, run.generator)
+        if not isinstance(masks, Tensor) or masks.dim() != 2 or masks.shape[1] != m:
+            shape = list(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+            raise InputError(
+                f"{type(self.perturbator).__name__}.get_masks({m}, ...) returned {shape}; "
+                f"expected a tensor [n_perturbations, {m}]"
+            )
+        coalitions = masks.to(run.device) >= 0.5
+        original, scores = run.evaluate(masked(layout, coalitions, run))
+        phi = self.aggregator.aggregate(original, scores, masks.to(scores))
+        return run.finish(layout.spread(phi))
+
+    def _embedded(self, run: PerturbationRun) -> Any:
+        assert self.element_of is not None
         embeds = run.batch.leaves["inputs_embeds"]
         b, m = embeds.shape[0], int(self.element_of.max()) + 1
         perturbed, masks = self.perturbator.perturb_embeddings(
@@ -156,54 +177,6 @@ class _Embedded(PerturbationAttribution):
         original, scores = run.evaluate(Perturbations(perturbed.shape[1], build))
         phi = self.aggregator.aggregate(original, scores, masks.to(scores))
         return run.finish({"inputs_embeds": phi})
-
-
-class _Custom(PerturbationAttribution):
-    """The core method a custom explainer runs: the perturbator's masks as coalitions."""
-
-    def __init__(
-        self, model: Any, perturbator: Perturbator, aggregator: Aggregator, **defaults: Any
-    ):
-        super().__init__(model, **defaults)
-        self.perturbator, self.aggregator = perturbator, aggregator
-
-    @with_defaults
-    def attribute(
-        self,
-        inputs: Any,
-        target: Any = None,
-        *,
-        targets: Any = None,
-        internal_batch_size: int | None = None,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        show_progress: bool | None = None,
-    ) -> Any:
-        run = self._start(
-            inputs,
-            target=target,
-            targets=targets,
-            output=None,
-            keys=None,
-            additional_forward_args=None,
-            internal_batch_size=internal_batch_size,
-            generator=generator,
-            seed=seed,
-            show_progress=show_progress,
-        )
-        layout = FeatureLayout.build(run.batch, None)
-        m = layout.n_features
-        masks = self.perturbator.get_masks(m, run.generator)
-        if not isinstance(masks, Tensor) or masks.dim() != 2 or masks.shape[1] != m:
-            shape = list(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
-            raise InputError(
-                f"{type(self.perturbator).__name__}.get_masks({m}, ...) returned {shape}; "
-                f"expected a tensor [n_perturbations, {m}]"
-            )
-        coalitions = masks.to(run.device) >= 0.5
-        original, scores = run.evaluate(masked(layout, coalitions, run))
-        phi = self.aggregator.aggregate(original, scores, masks.to(scores))
-        return run.finish(layout.spread(phi))
 
 
 class AttributionExplainer(TextExplainer):
@@ -267,7 +240,7 @@ class AttributionExplainer(TextExplainer):
         with torch.no_grad():
             embeds = embedder(enc.input_ids)
         others = {k: v for k, v in enc.inputs.items() if k != "input_ids"}
-        method = _Embedded(
+        method = _Custom(
             EmbeddingsView(self.model, self.inference_mode),
             self.perturbator,
             self.aggregator,
