@@ -144,6 +144,7 @@ GRADIENT = [
     "GradientShap",
     "GuidedBackprop",
     "Deconvolution",
+    "LRP",
 ]
 PERTURBATION = [
     "Occlusion",

@@ -14,6 +14,7 @@ from .custom import Aggregator, AttributionExplainer, MeanAggregator, Perturbato
 from .explainers import TextExplainer
 from .granularity import Granularity
 from .methods import (
+    LRP,
     Deconvolution,
     DeepLift,
     DeepLiftShap,
@@ -34,6 +35,7 @@ from .methods import (
 from .model import InferenceModes
 
 __all__ = [
+    "LRP",
     "Aggregator",
     "AttributionExplainer",
     "Deconvolution",

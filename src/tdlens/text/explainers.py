@@ -4,7 +4,8 @@ An explainer turns texts into the inputs an existing method takes, runs it, and 
 scores per element:
 
 * gradient methods (``Saliency``, ``InputXGradient``, ``IntegratedGradients``, ``SmoothGrad``,
-  ``GradientShap``, ``DeepLift``, ``DeepLiftShap``, ``GuidedBackprop``, ``Deconvolution``)
+  ``GradientShap``, ``DeepLift``, ``DeepLiftShap``, ``GuidedBackprop``, ``Deconvolution``,
+  ``LRP``)
   attribute ``inputs_embeds``, the output of the model's input
   embedding module, with the attention mask and the other inputs passed through; a token's
   score is the sum of its embedding's attributions (Saliency: of their absolute values), an

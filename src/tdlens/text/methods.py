@@ -73,6 +73,14 @@ class Deconvolution(TextExplainer):
     method_name = "Deconvolution"
 
 
+class LRP(TextExplainer):
+    """Layer-wise relevance propagation to the token embeddings (``composite="transformer"``
+    gives AttnLRP's rules for attention, softmax and layer norms; see ``docs/lrp.md``); a
+    token's relevance is the sum over its embedding."""
+
+    method_name = "LRP"
+
+
 class GradientShap(TextExplainer):
     """Gradient SHAP with the baseline embeddings as the baseline distribution (texts are
     explained one at a time: each has its own baseline)."""
