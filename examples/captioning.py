@@ -18,12 +18,12 @@ trains it, then
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
@@ -272,16 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         **patch_features(model, test),
     }
     path = figure(args.out, shown["image"], captions[:16], explained)
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
-        for k, v in numbers.items()
-    )
-    report = args.out / "captioning_report.html"
-    report.write_text(
-        "<!doctype html><meta charset='utf-8'><title>tdlens: captioning</title><h1>Captioning</h1>"
-        f"<table>{rows}</table><img src='{html.escape(path.name)}' alt='attributions'>",
-        encoding="utf-8",
-    )
+    write_report(args.out / "captioning_report.html", "Captioning", numbers, [path])
     numbers["seconds"] = round(time.time() - start, 1)
     numbers["seconds training"] = round(trained, 1)
     print(json.dumps(numbers, indent=1))

@@ -28,11 +28,11 @@ def make_agent() -> TensorDictSequential:
 
 # -- everything below runs the example -------------------------------------------------------
 import argparse  # noqa: E402
-import html  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
+from _report import write_report  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 
 import tdlens  # noqa: E402
@@ -171,23 +171,6 @@ def figures(out: Path, explained: dict, episode: TensorDict) -> list[Path]:
     return [path]
 
 
-def report(out: Path, numbers: dict, images: list[Path]) -> Path:
-    rows = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
-        for k, v in numbers.items()
-    )
-    pictures = "".join(
-        f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in images
-    )
-    path = out / "cartpole_report.html"
-    path.write_text(
-        "<!doctype html><meta charset='utf-8'><title>tdlens: CartPole</title>"
-        f"<h1>CartPole actor-critic</h1><table>{rows}</table>{pictures}",
-        encoding="utf-8",
-    )
-    return path
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fast", action="store_true", help="short episodes, few steps")
@@ -213,7 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
     steer = steer_right(agent, states, list(range(200, 200 + n_episodes)), max_steps=max_steps)
     numbers.update({k.replace("_", " "): v for k, v in steer.items()})
     images = figures(args.out, explained, episode)
-    numbers["report"] = str(report(args.out, numbers, images))
+    numbers["report"] = str(
+        write_report(args.out / "cartpole_report.html", "CartPole actor-critic", numbers, images)
+    )
     numbers["seconds"] = round(time.time() - start, 1)
     print(json.dumps(numbers, indent=1))
     # the headline numbers

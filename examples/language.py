@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 
 import tdlens
 from tdlens import latent
@@ -244,10 +245,6 @@ def main(argv: list[str] | None = None) -> dict:
     numbers["IG: subject share of the prompt"] = explained["subject_share"]
     numbers.update({f"probe accuracy {k}": v for k, v in probes(model, prompts, plural).items()})
     numbers.update(steering(model, prompts, plural, sing, plur))
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
-        for k, v in numbers.items()
-    )
     words = [VOCAB[int(t)] for t in prompts[0]]
     weights = explained["per_word"][0]
     scale = float(weights.abs().max()) or 1.0
@@ -255,12 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"<span style='background: rgba({255 if w > 0 else 0},0,{0 if w > 0 else 255},{abs(float(w)) / scale:.2f})'>{html.escape(t)}</span>"
         for t, w in zip(words, weights)
     )
-    (args.out / "language_report.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>tdlens: language</title><h1>Agreement</h1>"
-        f"<p>{spans}</p><table>{rows}</table>",
-        encoding="utf-8",
+    image = figure(args.out, explained["per_word"])
+    write_report(
+        args.out / "language_report.html", "Agreement", numbers, [image], f"<p>{spans}</p>"
     )
-    figure(args.out, explained["per_word"])
     numbers["seconds"] = round(time.time() - start, 1)
     print(json.dumps(numbers, indent=1))
     layer_probe = numbers[f"probe accuracy transformer.h.{model.config.n_layer - 1}"]

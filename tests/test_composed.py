@@ -192,6 +192,8 @@ def test_tensordict_module_layer_hint_names_real_keys_and_refuses_inputs() -> No
         ig.attribute(td, target=0, layer="module.0:output[0]")
     by_key = ig.attribute(td, target=0, layer=("enc", "features"))
     assert by_key.abs().sum() > 0
+    with pytest.raises(TypeError, match=r"output=\('head', 'logits'\)"):
+        ig.attribute(td, target=0, output="module.1")
 
 
 def test_callable_target_gets_each_rows_example() -> None:

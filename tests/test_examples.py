@@ -13,6 +13,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _load(name: str) -> ModuleType:
+    if str(EXAMPLES) not in sys.path:  # the examples import their shared _report module
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -44,6 +44,7 @@ CONTROLS: dict[str, tuple[Callable[[], nn.Module], dict, Any, dict]] = {
     "DeepLift": (_mlp, {}, X, {"target": 1}),
     "DeepLiftShap": (_mlp, {}, X, {"target": 1, "baselines": randn(4, 6)}),
     "GuidedBackprop": (_mlp, {}, X, {"target": 1}),
+    "LRP": (_mlp, {}, X, {"target": 1}),
     "Deconvolution": (_mlp, {}, X, {"target": 1}),
     "GradCam": (_cnn, {"layer": "conv2"}, IMAGES, {"target": 1}),
     "GuidedGradCam": (_cnn, {"layer": "conv2"}, IMAGES, {"target": 1}),

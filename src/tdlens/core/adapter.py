@@ -198,9 +198,15 @@ class ModelAdapter:
                     raise InputError(f"module {str(key)!r} did not run in the forward pass")
                 value = self._captured[key]
                 if not isinstance(value, Tensor):
+                    hint = (
+                        tensordict_hint(cast(nn.Module, self.model), key).replace(
+                            "layer=", "output="
+                        )
+                        if is_tensordict(value)
+                        else f"select one with '{key.module}:{key.site}[0]'"
+                    )
                     raise InputTypeError(
-                        f"output={str(key)!r} is {type(value).__name__}, not a tensor; select "
-                        f"one with '{key.module}:{key.site}[0]'"
+                        f"output={str(key)!r} is {type(value).__name__}, not a tensor; {hint}"
                     )
                 explained[spec] = value
         missing = [p for p in self.layers if p not in self._layer_values]

@@ -22,7 +22,16 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .errors import InputError, InputTypeError, KeyNotFoundError, format_keys
-from .paths import ModulePath, TensorIndex, get_in, get_module, parse_path, resolve_paths, set_in
+from .paths import (
+    ModulePath,
+    TensorIndex,
+    get_in,
+    get_module,
+    module_path,
+    parse_path,
+    resolve_paths,
+    set_in,
+)
 
 SiteFn = Callable[[Any], Any]  # value at a site -> replacement, or None to keep it
 
@@ -213,6 +222,8 @@ class Scope:
         raw: list[Any] = [paths] if single else list(paths)  # parse_path names a wrong type
         pairs = []
         for text in raw:
+            if isinstance(text, nn.Module):  # a submodule object stands for its path
+                text = module_path(self.model, text)
             parsed = parse_path(text)
             written = str(text).strip() if isinstance(text, str) else str(parsed)
             if self._names is None:
