@@ -47,6 +47,8 @@ _PUBLIC = {
     "KernelShap": "tdlens.attribution.perturbation",
     "Lime": "tdlens.attribution.perturbation",
     "Sobol": "tdlens.attribution.perturbation",
+    # dataset-scale attribution (issue 17)
+    "attribute_dataset": "tdlens.dataset.run",
 }
 
 # Subpackages reachable as attributes (``tdlens.metrics.infidelity``), imported on first use.
