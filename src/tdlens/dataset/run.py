@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -123,6 +124,8 @@ def attribute_dataset(
         "seed": digest(seed),
     }
     _agree(world, source.length, arguments)
+    for batch, data in source.load(source.batches[:1]):  # targets and inputs fit the batches
+        runner.split(data, batch)
     directory = RunDirectory(out)
     info = {"length": source.length, "batch_size": size, "n_batches": len(source.batches)}
     # rank 0 prepares the directory; then every rank reads it, all before anyone writes
@@ -168,7 +171,7 @@ def _run(
         if error is not None:
             raise error
     reporter = Reporter(world.rank, sum(b.size for b in todo), progress, callback)
-    log = directory.log(world.rank)
+    log = _Log(directory.log(world.rank))
     try:
         store = ResultStore(directory.path)
         if store.length != length:
@@ -184,18 +187,46 @@ def _run(
         error = failure
     finally:
         reporter.close()
-        log.close()
         if store is not None:
+            log.sync(store)  # what was written before a failure is kept too
             store.close()
+        log.close()
     world.sync(error, "while attributing its batches")
     if error is not None:
         raise error
 
 
-def _save(store: ResultStore, log: Any, reporter: Reporter, batch: Any, rows: Any) -> None:
+def _save(store: ResultStore, log: _Log, reporter: Reporter, batch: Any, rows: Any) -> None:
     store.write(batch.start, rows, batch.describe())
-    log.add(batch.number)  # only after the rows are on disk
+    log.finished(batch.number, store)
     reporter.update(batch.number, batch.size)
+
+
+class _Log:
+    """Logs finished batches after syncing their rows, spacing syncs so that they cost at most
+    1/20 of the time between them (every batch on a fast disk, fewer on a slow one)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log, self.pending = log, []
+        self.last, self.cost = time.perf_counter(), 0.0
+
+    def finished(self, batch: int, store: ResultStore) -> None:
+        self.pending.append(batch)
+        if time.perf_counter() - self.last >= 20 * self.cost:
+            self.sync(store)
+
+    def sync(self, store: ResultStore) -> None:
+        if not self.pending:
+            return
+        start = time.perf_counter()
+        store.sync()
+        self.log.add(self.pending)  # only after their rows are on disk
+        self.pending = []
+        self.last = time.perf_counter()
+        self.cost = self.last - start
+
+    def close(self) -> None:
+        self.log.close()
 
 
 def _together(world: World, step: Callable[[], None], what: str, here: bool) -> None:

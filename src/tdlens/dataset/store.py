@@ -6,7 +6,8 @@ The result files are allocated once, sparse, at the dataset's length. Rows are w
 ``os.pwrite`` into those files rather than through a mapping, so the pages of rows already
 written never count in the writing process's memory: a run holds one batch, whatever the
 dataset's size. A batch is logged as finished only after its rows are on disk
-(``fdatasync``); a run killed at any moment therefore loses at most the batches in flight.
+(``fdatasync``); a run killed at any moment therefore loses at most the batches in flight
+and those not yet synced (syncs are spaced to cost at most 5% of the run).
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ class DoneLog:
     def __init__(self, path: Path) -> None:
         self._file = open(path, "a")  # noqa: SIM115 (closed by close())
 
-    def add(self, batch: int) -> None:
-        self._file.write(f"{batch}\n")
+    def add(self, batches: list[int]) -> None:
+        self._file.write("".join(f"{batch}\n" for batch in batches))
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -164,7 +165,7 @@ class ResultStore:
         template.expand(length).memmap_like(str(path))  # sparse files: no memory, no writes
 
     def write(self, start: int, rows: dict[FlatKey, Tensor], where: str) -> None:
-        """Put ``rows`` (``[n, ...]`` each) at rows ``start..start+n-1``, then sync them."""
+        """Put ``rows`` (``[n, ...]`` each) at rows ``start..start+n-1`` (see :meth:`sync`)."""
         self._check(rows, where)
         for key, value in rows.items():
             data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
@@ -173,6 +174,10 @@ class ResultStore:
             while view.nbytes:
                 written = os.pwrite(self._files[key], view, offset)
                 view, offset = view[written:], offset + written
+
+    def sync(self) -> None:
+        """Make the rows written so far durable. A killed process loses nothing written (the
+        kernel holds it); this is for a machine that goes down before writing it back."""
         for fd in self._files.values():
             os.fdatasync(fd)
 
