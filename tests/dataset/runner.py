@@ -54,6 +54,28 @@ def data(n: int) -> TensorDataset:
     return TensorDataset(x, y)
 
 
+def attribute(
+    out: str,
+    n: int,
+    batch_size: int,
+    method: str = "ig",
+    count_file: str | None = None,
+    sleep: float = 0.0,
+    internal_batch_size: int | None = None,
+):
+    """The run the resume and distributed tests repeat, in this process or another."""
+    model = CountingMLP(count_file, sleep)
+    attribution = (
+        tdlens.IntegratedGradients(model) if method == "ig" else tdlens.FeatureAblation(model)
+    )
+    options: dict = {"n_steps": 5} if method == "ig" else {}
+    if internal_batch_size:
+        options["internal_batch_size"] = internal_batch_size
+    return tdlens.attribute_dataset(
+        attribution, data(n), out=out, targets=1, batch_size=batch_size, **options
+    )
+
+
 def small_run(args: argparse.Namespace) -> None:
     rank = 0
     if args.distributed:
@@ -61,19 +83,11 @@ def small_run(args: argparse.Namespace) -> None:
 
         dist.init_process_group("gloo")
         rank = dist.get_rank()
-    model = CountingMLP(args.count_file, args.sleep)
-    method = (
-        tdlens.IntegratedGradients(model)
-        if args.method == "ig"
-        else tdlens.FeatureAblation(model)
-    )
-    options = {"n_steps": 5} if args.method == "ig" else {}
-    if args.internal_batch_size:
-        options["internal_batch_size"] = args.internal_batch_size
-    n = args.n + (args.rank1_extra if rank == 1 else 0)
+    n = args.examples + (args.rank1_extra if rank == 1 else 0)
     try:
-        tdlens.attribute_dataset(
-            method, data(n), out=args.out, targets=1, batch_size=args.batch_size, **options
+        attribute(
+            args.out, n, args.batch_size, args.method, args.count_file, args.sleep,
+            args.internal_batch_size,
         )
     finally:
         if args.distributed:
@@ -92,7 +106,7 @@ def memory_run(args: argparse.Namespace) -> None:
     tdlens.attribute_dataset(method, LazyRows(256, args.width), out=args.out + "-warm",
                              batch_size=args.batch_size, progress=False)
     before = peak_mb()
-    result = tdlens.attribute_dataset(method, LazyRows(args.n, args.width), out=args.out,
+    result = tdlens.attribute_dataset(method, LazyRows(args.examples, args.width), out=args.out,
                                       batch_size=args.batch_size, progress=False)
     after = peak_mb()
     result_mb = sum(v.numel() * v.element_size() for v in result.values(True, True)) / 2**20
@@ -102,7 +116,7 @@ def memory_run(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--n", type=int, default=21)
+    parser.add_argument("--examples", type=int, default=21)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--method", default="ig")
     parser.add_argument("--count-file")
