@@ -86,7 +86,12 @@ def small_run(args: argparse.Namespace) -> None:
     n = args.examples + (args.rank1_extra if rank == 1 else 0)
     try:
         attribute(
-            args.out, n, args.batch_size, args.method, args.count_file, args.sleep,
+            args.out,
+            n,
+            args.batch_size,
+            args.method,
+            args.count_file,
+            args.sleep,
             args.internal_batch_size,
         )
     finally:
@@ -103,14 +108,38 @@ def memory_run(args: argparse.Namespace) -> None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     # warm up every code path (imports, allocator, tensordict) on a small run first
-    tdlens.attribute_dataset(method, LazyRows(256, args.width), out=args.out + "-warm",
-                             batch_size=args.batch_size, progress=False)
+    tdlens.attribute_dataset(
+        method,
+        LazyRows(256, args.width),
+        out=args.out + "-warm",
+        batch_size=args.batch_size,
+        progress=False,
+    )
     before = peak_mb()
-    result = tdlens.attribute_dataset(method, LazyRows(args.examples, args.width), out=args.out,
-                                      batch_size=args.batch_size, progress=False)
+    result = tdlens.attribute_dataset(
+        method,
+        LazyRows(args.examples, args.width),
+        out=args.out,
+        batch_size=args.batch_size,
+        progress=False,
+    )
     after = peak_mb()
     result_mb = sum(v.numel() * v.element_size() for v in result.values(True, True)) / 2**20
-    print(json.dumps({"before_mb": before, "after_mb": after, "result_mb": result_mb}))
+    # the control: the same attributions kept in memory, as a hand-written loop does
+    loader = torch.utils.data.DataLoader(LazyRows(args.examples, args.width), args.batch_size)
+    kept = torch.cat([method.attribute(x) for x in loader])
+    in_memory = peak_mb()
+    print(
+        json.dumps(
+            {
+                "before_mb": before,
+                "after_mb": after,
+                "result_mb": result_mb,
+                "in_memory_mb": in_memory,
+                "kept_mb": kept.numel() * 4 / 2**20,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,14 +11,16 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import tdlens
 from tdlens.dataset import Progress, RunMismatchError
-from tests.conftest import MLP, DictInput, assert_untouched, model_state, randn, seeded
+from tests.conftest import MLP, assert_untouched, model_state, randn, seeded
 
 N, BATCH = 11, 4  # the last batch is short
 
 
 @pytest.fixture
 def xy():
-    return randn(N, 6, seed=3), torch.randint(0, 4, (N,), generator=torch.Generator().manual_seed(2))
+    return randn(N, 6, seed=3), torch.randint(
+        0, 4, (N,), generator=torch.Generator().manual_seed(2)
+    )
 
 
 def stacked(method, x, y, **options):
@@ -83,7 +85,7 @@ def test_prediction_is_the_target_by_default_and_delta_is_stored(tmp_path, mlp, 
 def test_result_reopens_with_tensordict_and_is_memory_mapped(tmp_path, mlp, xy):
     from tensordict import MemoryMappedTensor, TensorDict
 
-    x, y = xy
+    x, _y = xy
     result = tdlens.attribute_dataset(tdlens.Saliency(mlp), x, out=tmp_path, batch_size=BATCH)
     assert isinstance(result["attribution"], MemoryMappedTensor)
     again = TensorDict.load_memmap(tmp_path)
@@ -115,7 +117,14 @@ def test_dict_batches_with_a_target_key_and_a_dataloader(tmp_path, dict_input):
         method, loader, out=tmp_path, targets="label", keys=["image", "table"]
     )
     for start in range(0, 7, 3):
-        batch = next(iter(DataLoader(torch.utils.data.Subset(Examples(), range(start, min(start + 3, 7))), batch_size=3)))
+        batch = next(
+            iter(
+                DataLoader(
+                    torch.utils.data.Subset(Examples(), range(start, min(start + 3, 7))),
+                    batch_size=3,
+                )
+            )
+        )
         label = batch.pop("label")
         expected = method.attribute(batch, target=label, keys=["image", "table"])
         for key in ("image", "table"):
@@ -127,7 +136,10 @@ def test_iterable_of_tensordict_batches(tmp_path, mlp, xy):
     from tensordict import TensorDict
 
     x, y = xy
-    batches = [TensorDict(x=x[i : i + 5], y=y[i : i + 5], batch_size=[min(5, N - i)]) for i in range(0, N, 5)]
+    batches = [
+        TensorDict(x=x[i : i + 5], y=y[i : i + 5], batch_size=[min(5, N - i)])
+        for i in range(0, N, 5)
+    ]
     method = tdlens.Saliency(mlp)
     result = tdlens.attribute_dataset(method, batches, out=tmp_path, targets="y")
     expected = torch.cat([method.attribute(b.exclude("y"), target=b["y"])["x"] for b in batches])
@@ -152,8 +164,12 @@ def test_float16_storage_metrics_and_progress_callback(tmp_path, mlp, xy):
     expected = stacked(method, x, y)
     assert result["attribution"].dtype == torch.float16
     torch.testing.assert_close(result["attribution"].double(), expected, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(result["metric", "total"].double(), expected.sum(1), rtol=1e-3, atol=1e-3)
-    deletion = tdlens.metrics.deletion(mlp, x[:BATCH], expected[:BATCH].float().double(), target=y[:BATCH])
+    torch.testing.assert_close(
+        result["metric", "total"].double(), expected.sum(1), rtol=1e-3, atol=1e-3
+    )
+    deletion = tdlens.metrics.deletion(
+        mlp, x[:BATCH], expected[:BATCH].float().double(), target=y[:BATCH]
+    )
     assert result["metric", "deletion"].shape == (N,)
     assert torch.isfinite(deletion.score).all()
     assert [p.done for p in seen] == [4, 8, 11] and seen[-1].total == N
@@ -161,7 +177,7 @@ def test_float16_storage_metrics_and_progress_callback(tmp_path, mlp, xy):
 
 
 def test_model_untouched_after_success_and_failure(tmp_path, mlp, xy):
-    x, y = xy
+    x, _y = xy
     before = model_state(mlp)
     tdlens.attribute_dataset(tdlens.IntegratedGradients(mlp), x, out=tmp_path / "a", n_steps=3)
     assert_untouched(mlp, before)
@@ -182,7 +198,9 @@ def test_changed_arguments_into_the_same_directory_raise(tmp_path, mlp, xy):
         tdlens.attribute_dataset(ig, TensorDataset(x, y), n_steps=5, **{**run, "batch_size": 5})
     other = seeded(MLP(), seed=7)
     with pytest.raises(RunMismatchError, match="model weights"):
-        tdlens.attribute_dataset(tdlens.IntegratedGradients(other), TensorDataset(x, y), n_steps=5, **run)
+        tdlens.attribute_dataset(
+            tdlens.IntegratedGradients(other), TensorDataset(x, y), n_steps=5, **run
+        )
     # resume=False starts over with the new arguments
     result = tdlens.attribute_dataset(ig, TensorDataset(x, y), n_steps=6, resume=False, **run)
     torch.testing.assert_close(result["attribution"], stacked(ig, x, y, n_steps=6))
@@ -208,8 +226,8 @@ def test_batches_that_change_structure_raise(tmp_path, mlp):
 
 
 def test_bad_arguments_raise_before_any_work(tmp_path, mlp, xy):
-    x, y = xy
-    with pytest.raises(tdlens.TdlensError, match="takes no option.*n_step"):
+    x, _y = xy
+    with pytest.raises(tdlens.TdlensError, match=r"takes no option.*n_step"):
         tdlens.attribute_dataset(tdlens.IntegratedGradients(mlp), x, out=tmp_path, n_step=3)
     with pytest.raises(tdlens.TdlensError, match="not a key of the batches"):
         tdlens.attribute_dataset(tdlens.Saliency(mlp), [{"x": x}], out=tmp_path, targets="label")
@@ -222,3 +240,37 @@ def test_bad_arguments_raise_before_any_work(tmp_path, mlp, xy):
     with pytest.raises(TypeError, match="attribution method"):
         tdlens.attribute_dataset(mlp, x, out=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+# -- progress and import cost ------------------------------------------------------------------
+def test_progress_bar_only_on_a_terminal_outside_ci(monkeypatch):
+    from tdlens.dataset import progress
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("TDLENS_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
+    reporter = progress.Reporter(0, 10, True, None)
+    assert reporter._bar is not None  # a tqdm bar
+    reporter.update(0, 4)
+    assert reporter._bar.n == 4
+    reporter.close()
+    assert progress.Reporter(1, 10, True, None)._bar is None  # rank 0 only
+    assert progress.Reporter(0, 10, False, None)._bar is None
+    monkeypatch.setenv("CI", "true")
+    assert progress.Reporter(0, 10, True, None)._bar is None
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert progress.Reporter(0, 10, True, None)._bar is None
+
+
+def test_attribute_dataset_loads_no_tensordict_until_run():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tdlens; tdlens.attribute_dataset; "
+        "print('tensordict' in sys.modules, tdlens.attribute_dataset.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "tdlens.dataset.run"]

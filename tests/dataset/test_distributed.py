@@ -17,7 +17,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TDLENS_NO_PROGRESS": "1"}  # as to
 
 
 def launch(out: Path, *extra: str, processes: int = 2) -> subprocess.CompletedProcess:
-    script = [str(RUNNER), "--out", str(out), "--examples", str(N), "--batch-size", str(BATCH), *extra]
+    script = [
+        str(RUNNER),
+        "--out",
+        str(out),
+        "--examples",
+        str(N),
+        "--batch-size",
+        str(BATCH),
+        *extra,
+    ]
     if processes == 1:
         command = [sys.executable, *script]
     else:
@@ -47,7 +56,11 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert torch.equal(one["index"], torch.arange(N))
     logs = sorted(p.name for p in (tmp_path / "two" / "tdlens-done").iterdir())
     assert logs == ["rank0.log", "rank1.log"]  # both ranks wrote their batches
-    assert {int(b) for b in (tmp_path / "two/tdlens-done/rank1.log").read_text().split()} == {1, 3, 5}
+    assert {int(b) for b in (tmp_path / "two/tdlens-done/rank1.log").read_text().split()} == {
+        1,
+        3,
+        5,
+    }
 
 
 @pytest.mark.slow

@@ -64,10 +64,9 @@ class BatchRunner:
             value = metric(inputs, result, explained)
             rows[("metric", name)] = getattr(value, "score", value)  # CurveResult: its score
         rows[("index",)] = torch.arange(batch.start, batch.start + batch.size)
+        explained_rows: Any = explained
         if explained is None and guess is not None and not guess.is_floating_point():
             explained_rows = guess  # target=None explained the predicted class
-        else:
-            explained_rows = explained
         stored_target = _target_rows(explained_rows, batch.size)
         if stored_target is not None:
             rows[("target",)] = stored_target
@@ -94,12 +93,16 @@ class BatchRunner:
                     f"targets={spec!r} is not a key of the batches; they hold {format_keys(keys)}"
                 )
             target = data[spec]
-            rest = data.exclude(spec) if is_tensordict(data) else {
-                k: v for k, v in data.items() if k != spec
-            }
+            rest = (
+                data.exclude(spec)
+                if is_tensordict(data)
+                else {k: v for k, v in data.items() if k != spec}
+            )
         elif isinstance(spec, int) and not isinstance(spec, bool):
             if not isinstance(data, tuple) or not -len(data) <= spec < len(data):
-                shown = f"a tuple of {len(data)}" if isinstance(data, tuple) else type(data).__name__
+                shown = (
+                    f"a tuple of {len(data)}" if isinstance(data, tuple) else type(data).__name__
+                )
                 raise InputError(
                     f"targets={spec} picks a position of tuple batches, but {batch.describe()} "
                     f"is {shown}"

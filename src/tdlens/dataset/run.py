@@ -207,7 +207,8 @@ class _Log:
     1/20 of the time between them (every batch on a fast disk, fewer on a slow one)."""
 
     def __init__(self, log: Any) -> None:
-        self.log, self.pending = log, []
+        self.log = log
+        self.pending: list[int] = []
         self.last, self.cost = time.perf_counter(), 0.0
 
     def finished(self, batch: int, store: ResultStore) -> None:

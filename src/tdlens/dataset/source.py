@@ -101,7 +101,9 @@ def _batch_size(given: int | None, default: int | None) -> int:
 
 
 def _plan(length: int, size: int) -> list[Batch]:
-    return [Batch(i, start, min(size, length - start)) for i, start in enumerate(range(0, length, size))]
+    return [
+        Batch(i, start, min(size, length - start)) for i, start in enumerate(range(0, length, size))
+    ]
 
 
 def _rows_source(data: Any, size: int) -> Source:
@@ -111,7 +113,9 @@ def _rows_source(data: Any, size: int) -> Source:
             f"a {type(data).__name__} of rows needs a first (example) dimension, got shape []"
         )
     length = int(shape[0])
-    return Source(_plan(length, size), lambda batches: (data[b.start : b.start + b.size] for b in batches))
+    return Source(
+        _plan(length, size), lambda batches: (data[b.start : b.start + b.size] for b in batches)
+    )
 
 
 def _dataset_source(dataset: Any, size: int, loader: DataLoader | None) -> Source:

@@ -126,7 +126,7 @@ class DoneLog:
     """An append-only list of finished batch numbers (one file per rank: no shared writes)."""
 
     def __init__(self, path: Path) -> None:
-        self._file = open(path, "a")  # noqa: SIM115 (closed by close())
+        self._file = open(path, "a")
 
     def add(self, batches: list[int]) -> None:
         self._file.write("".join(f"{batch}\n" for batch in batches))
@@ -170,7 +170,7 @@ class ResultStore:
         for key, value in rows.items():
             data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
             offset = start * (data.nbytes // max(value.shape[0], 1))
-            view = memoryview(data)
+            view = memoryview(data)  # type: ignore[arg-type]
             while view.nbytes:
                 written = os.pwrite(self._files[key], view, offset)
                 view, offset = view[written:], offset + written
