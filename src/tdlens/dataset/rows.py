@@ -201,16 +201,18 @@ class _seeded:
 
     def __init__(self, seed: int | None, number: int, device: torch.device) -> None:
         self.seed, self.number = seed, number
-        self.devices = [device.index or 0] if device.type == "cuda" else []
-        self._fork: Any = None
+        self.cuda = device if device.type == "cuda" else None
+        self._saved: tuple[Tensor, Tensor | None] | None = None
 
     def __enter__(self) -> None:
         if self.seed is None:
             return
-        self._fork = torch.random.fork_rng(devices=self.devices)
-        self._fork.__enter__()
+        cuda_state = torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None
+        self._saved = (torch.get_rng_state(), cuda_state)
         torch.manual_seed(self.seed * 1_000_003 + self.number)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._fork is not None:
-            self._fork.__exit__(*exc)
+        if self._saved is not None:
+            torch.set_rng_state(self._saved[0])
+            if self._saved[1] is not None:
+                torch.cuda.set_rng_state(self._saved[1], self.cuda)

@@ -7,7 +7,7 @@ The result files are allocated once, sparse, at the dataset's length. Rows are w
 written never count in the writing process's memory: a run holds one batch, whatever the
 dataset's size. A batch is logged as finished only after its rows are on disk
 (``fdatasync``); a run killed at any moment therefore loses at most the batches in flight
-and those not yet synced (syncs are spaced to cost at most 5% of the run).
+and those not yet synced (syncs are spaced to cost at most 2% of the run).
 """
 
 from __future__ import annotations
