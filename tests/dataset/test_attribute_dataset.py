@@ -274,3 +274,17 @@ def test_attribute_dataset_loads_no_tensordict_until_run():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "tdlens.dataset.run"]
+
+
+def test_k_targets_for_every_example_and_an_inputs_selector(tmp_path, mlp, xy):
+    x, y = xy
+    method = tdlens.Saliency(mlp)
+    result = tdlens.attribute_dataset(
+        method, TensorDataset(x, y), out=tmp_path, targets=[0, 2], inputs=0, batch_size=BATCH
+    )
+    expected = torch.cat(
+        [method.attribute(x[i : i + BATCH], targets=[0, 2]) for i in range(0, N, BATCH)]
+    )
+    assert result["attribution"].shape == (N, 2, 6)
+    assert torch.equal(result["attribution"], expected)
+    assert torch.equal(result["target"], torch.tensor([[0, 2]]).expand(N, 2))

@@ -124,8 +124,12 @@ def attribute_dataset(
         "seed": digest(seed),
     }
     _agree(world, source.length, arguments)
-    for batch, data in source.load(source.batches[:1]):  # targets and inputs fit the batches
-        runner.split(data, batch)
+
+    def check_first_batch() -> None:  # targets= and inputs= fit the batches
+        for batch, data in source.load(source.batches[:1]):
+            runner.split(data, batch)
+
+    _together(world, check_first_batch, "reading the first batch", True)
     directory = RunDirectory(out)
     info = {"length": source.length, "batch_size": size, "n_batches": len(source.batches)}
     # rank 0 prepares the directory; then every rank reads it, all before anyone writes
