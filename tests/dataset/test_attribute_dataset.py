@@ -184,6 +184,9 @@ def test_model_untouched_after_success_and_failure(tmp_path, mlp, xy):
     with pytest.raises(tdlens.TdlensError):
         tdlens.attribute_dataset(tdlens.Saliency(mlp), x, out=tmp_path / "b", target=9)
     assert_untouched(mlp, before)
+    # a run that failed before finishing any batch does not block its directory
+    result = tdlens.attribute_dataset(tdlens.Saliency(mlp), x, out=tmp_path / "b", target=3)
+    assert torch.equal(result["target"], torch.full((N,), 3))
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class RunDirectory:
             changed = _changed(manifest.get("arguments", {}), arguments)
             if not changed and resume:
                 return
-            if changed and resume:
+            if changed and resume and self.finished():  # a run that failed at once is no loss
                 raise RunMismatchError(
                     f"out={str(self.path)!r} holds a run with different arguments (changed: "
                     f"{', '.join(changed)}); resuming it would mix two runs. Give a new "
