@@ -47,9 +47,11 @@ def test_equals_stacked_per_batch_calls(tmp_path, mlp, xy, method_class, options
     """Gradient and perturbation methods: the dataset result is the per-batch results."""
     x, y = xy
     method = method_class(mlp)
+    rng = torch.get_rng_state()
     result = tdlens.attribute_dataset(
         method, TensorDataset(x, y), out=tmp_path, targets=1, batch_size=BATCH, **options
     )
+    assert torch.equal(torch.get_rng_state(), rng)  # the per-batch seeding is undone
     if method_class is tdlens.ShapleyValueSampling:  # random: each batch seeded by its number
         parts = []
         for b, i in enumerate(range(0, N, BATCH)):

@@ -207,15 +207,19 @@ class _seeded:
     def __enter__(self) -> None:
         if self.seed is None:
             return
-        cuda_state = torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None
-        self._saved = (torch.get_rng_state(), cuda_state)
         seed = self.seed * 1_000_003 + self.number
-        torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds every
-        if self.cuda is not None:  # backend's generators: 4 ms a batch on CPU
-            torch.cuda.manual_seed(seed)
+        cuda_state = None
+        if self.cuda is not None:
+            cuda_state = torch.cuda.get_rng_state(self.cuda)
+            with torch.cuda.device(self.cuda):
+                torch.cuda.manual_seed(seed)
+        self._saved = (torch.get_rng_state(), cuda_state)
+        # torch.manual_seed would seed every backend's generators too: 4 ms a batch on CPU
+        torch.default_generator.manual_seed(seed)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._saved is not None:
-            torch.set_rng_state(self._saved[0])
-            if self._saved[1] is not None:
-                torch.cuda.set_rng_state(self._saved[1], self.cuda)
+        if self._saved is None:
+            return
+        torch.set_rng_state(self._saved[0])
+        if self._saved[1] is not None and self.cuda is not None:
+            torch.cuda.set_rng_state(self._saved[1], self.cuda)
