@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data import default_collate as _default_collate
@@ -143,6 +144,10 @@ def _dataset_source(dataset: Any, size: int, loader: DataLoader | None) -> Sourc
             if loader.num_workers:
                 options["prefetch_factor"] = loader.prefetch_factor
         options.setdefault("collate_fn", _default_collate)
+        # a DataLoader draws its workers' base seed from this generator: a private one leaves
+        # the user's global generator untouched and gives workers the same seeds every run
+        own = loader.generator if loader is not None else None
+        options["generator"] = own if own is not None else torch.Generator().manual_seed(0)
         indices = [list(range(b.start, b.start + b.size)) for b in batches]
         return iter(DataLoader(dataset, batch_sampler=indices, **options))
 
