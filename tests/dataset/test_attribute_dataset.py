@@ -298,18 +298,17 @@ def test_k_targets_for_every_example_and_an_inputs_selector(tmp_path, mlp, xy):
 def test_a_shuffling_dataloader_with_workers_gives_rows_by_dataset_position(tmp_path, mlp, xy):
     """The loader's workers and collate_fn are used; its shuffling does not move rows."""
     x, y = xy
-    seen = []
 
-    def collate(items):
-        seen.append(len(items))
-        return torch.utils.data.default_collate(items)
+    def collate(items):  # doubles the inputs: the result shows it was used
+        inputs, labels = torch.utils.data.default_collate(items)
+        return inputs * 2, labels
 
     loader = DataLoader(
         TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=2, collate_fn=collate
     )
     method = tdlens.Saliency(mlp)
     result = tdlens.attribute_dataset(method, loader, out=tmp_path, targets=1)
-    assert torch.equal(result["attribution"], stacked(method, x, y))
+    assert torch.equal(result["attribution"], stacked(method, 2 * x, y))
     assert torch.equal(result["index"], torch.arange(N))
     with pytest.raises(tdlens.TdlensError, match="Subset"):
         sampler = torch.utils.data.SubsetRandomSampler(range(5))
