@@ -88,13 +88,11 @@ def attribute_dataset(
         >>> ig = tdlens.IntegratedGradients(model)
         >>> result = tdlens.attribute_dataset(ig, test_set, out="runs/ig", targets=1, n_steps=32)
         >>> result
-        TensorDict(
-            fields={
-                attribution: MemoryMappedTensor(shape=torch.Size([10000, 1, 28, 28]), ...),
-                index: MemoryMappedTensor(shape=torch.Size([10000]), ...),
-                prediction: MemoryMappedTensor(shape=torch.Size([10000]), ...),
-                target: MemoryMappedTensor(shape=torch.Size([10000]), ...)},
-            batch_size=torch.Size([10000]), ...)
+        TensorDict(batch_size=[10000], device=cpu, fields={
+            attribution: f32[1, 28, 28],
+            index: i64[],
+            prediction: i64[],
+            target: i64[]})
     """
     runner = BatchRunner(
         method=method,
