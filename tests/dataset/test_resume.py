@@ -21,7 +21,9 @@ N, BATCH = 48, 4  # 12 batches of equal size: the same number of forward calls e
 def start(out: Path, count: Path) -> subprocess.Popen:
     """The run of :func:`attribute` in another process, slowed down so it can be killed."""
     command = [sys.executable, str(RUNNER), "--out", str(out), "--examples", str(N)]
-    command += ["--batch-size", str(BATCH), "--count-file", str(count), "--sleep", "0.05"]
+    # slow enough (about 0.8 s a batch: 2 forward calls) that the spaced syncs (at most 2% of
+    # the time) log batches well before the end, even where a sync takes 100 ms
+    command += ["--batch-size", str(BATCH), "--count-file", str(count), "--sleep", "0.4"]
     return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
 
 
