@@ -455,13 +455,6 @@ def test_scope_errors():
     with tdlens.Scope(cnn) as scope:
         with pytest.raises(TdlensError, match="a module path is a string"):
             scope.get(0)
-        scope.get("conv1", accumulate=True)
-        scope.run(IMAGES)
-        scope.run(IMAGES[:1])
-        with pytest.raises(
-            TdlensError, match=r"accumulate=True\) stacks the runs .*\[1, 3, 8, 8\]"
-        ):
-            _ = scope.cache
     with tdlens.Scope(cnn) as scope:
         scope.set("conv1", lambda value: "nothing")
         with pytest.raises(TdlensError, match=r"set\('conv1'\): the new value is str"):
