@@ -63,3 +63,44 @@ def call(url: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, 
     if kind and kind.startswith("application/json"):
         return status, json.loads(payload), kind
     return status, payload, kind or ""
+
+
+TEXTS = [
+    "the movie was great and the actors were wonderful.",
+    "a dull and long film, i hated it!",
+    f"this story is {XSS} not very good",
+    "i loved the acting. the script was terrible?",
+]
+
+
+def text_explorer(**options: Any) -> Explorer:
+    """An explorer over four labelled texts and a tiny random BERT classifier (tests/text's
+    fixed-vocabulary tokenizer, plus the hostile tag as one added token)."""
+    pytest.importorskip("transformers")
+    from tests.text.conftest import bert_classifier, bert_tokenizer
+
+    tokenizer = bert_tokenizer()
+    tokenizer.add_tokens([XSS])
+    model = bert_classifier(len(tokenizer))
+    methods = {
+        "IntegratedGradients": {"n_steps": 8},
+        "Saliency": {},
+        "KernelShap": {"n_samples": 40, "seed": 0},
+        "Occlusion": {},
+    }
+    options = {
+        "classes": ["negative", "neutral", XSS],
+        "methods": methods,
+        "tokenizer": tokenizer,
+        **options,
+    }
+    data = [(text, i % 3) for i, text in enumerate(TEXTS)]
+    return Explorer(model, data, modality="text", **options)
+
+
+@pytest.fixture(scope="session")
+def text_served() -> Any:
+    app = text_explorer()
+    app.start(port=0)
+    yield app
+    app.stop()

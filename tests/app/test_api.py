@@ -234,8 +234,12 @@ def test_explorer_rejects_bad_configuration(digits_cache: Path) -> None:
         "type": "ints",
         "default": [2, 3],
     }
-    with pytest.raises(ValueError, match="text view is not built yet"):
+    with pytest.raises(ValueError, match="modality must be one of"):
+        Explorer(lambda x: x, (torch.zeros(2, 3), torch.zeros(2)), modality="audio")
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
         Explorer(lambda x: x, (torch.zeros(2, 3), torch.zeros(2)), modality="text")
+    with pytest.raises(TypeError, match="text samples must be strings; sample 0 is Tensor"):
+        Explorer(lambda x: x, torch.zeros(2, 3), modality="text", tokenizer=object())
     with pytest.raises(ValueError, match=r"method GradCam does not run here: .*pass layer="):
         make_explorer(digits_cache, methods={"GradCam": {}})
     app = make_explorer(digits_cache, methods={"GradCam": {"layer": "features.4"}})

@@ -170,3 +170,33 @@ def test_bad_request_shows_an_error_on_the_page(page: Any) -> None:
     wait(page, lambda d: error.is_displayed() and "must be an integer" in error.text)
     assert "n_steps" in error.text and "Traceback" not in error.text
     screenshot(page, "explorer-error.png")
+
+
+def test_text_view_highlights_the_python_scores(browser: Any, text_served: Any) -> None:
+    """Text modality: pick the text holding the hostile tag; its tokens are highlighted with
+    tdlens.text's scores, and the tag shows literally as one token (no element is made)."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    import tdlens.text
+
+    browser.get(text_served.url)
+    wait(
+        browser, lambda d: d.find_element("css selector", "body").get_attribute("data-ready") == "1"
+    )
+    assert XSS in css(browser, '.card[data-id="2"]')[0].text
+    choose(browser, "method", "Saliency")
+    css(browser, '.card[data-id="2"]')[0].click()
+    panel = ready_panel(browser, "predicted")
+    tokens = panel.find_elements("css selector", ".tokens .token")
+    target = int(panel.get_attribute("data-target"))
+    expected = tdlens.text.Saliency(text_served.model, text_served.tokenizer, granularity="word")(
+        [text_served.text(2)], targets=target
+    )[0]
+    assert [t.text for t in tokens] == expected.elements
+    scores = json.loads(panel.find_element("css selector", ".tokens").get_attribute("data-scores"))
+    assert torch.equal(torch.tensor(scores, dtype=torch.float64), expected.scores[0])
+    assert XSS in [t.text for t in tokens] and "deletion AUC" in panel.text
+    assert not css(browser, 'img[src="x"]')
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018  (reading it raises when there is none)
+    screenshot(browser, "explorer-text.png")

@@ -24,7 +24,7 @@ from .worker import Worker
 
 __all__ = ["MODALITIES", "Explorer", "ExplorerError"]
 
-MODALITIES = ("image", "tabular")
+MODALITIES = ("image", "tabular", "text")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -40,8 +40,11 @@ class Explorer:
         methods: tdlens method names, or a mapping from a name to default ``attribute()``
             arguments (``{"Occlusion": {"sliding_window_shapes": (1, 2, 2)}}``).
         modality: ``"image"`` (inputs ``[C, H, W]`` or ``[H, W]``) or ``"tabular"``
-            (inputs ``[F]``, with ``feature_names``). Text is not supported yet.
+            (inputs ``[F]``, with ``feature_names``) or ``"text"`` (inputs are strings; the
+            model a Hugging Face sequence classifier, with ``tokenizer``).
         feature_names: F names of a tabular input.
+        tokenizer: Text only: the model's fast tokenizer.
+        granularity: Text only: ``"word"`` (default) or ``"token"``, what is scored.
         title: The page title.
         cache_size: How many attributions are kept.
         batch_size: Rows per forward pass when predicting the whole dataset.
@@ -65,14 +68,15 @@ class Explorer:
         methods: Any = ("Saliency", "IntegratedGradients"),
         modality: str = "image",
         feature_names: Sequence[str] | None = None,
+        tokenizer: Any = None,
+        granularity: str = "word",
         title: str = "tdlens explorer",
         cache_size: int = 512,
         batch_size: int = 256,
         check: bool = True,
     ) -> None:
         if modality not in MODALITIES:
-            hint = " (the text view is not built yet)" if modality == "text" else ""
-            raise ValueError(f"modality must be one of {MODALITIES}{hint}; got {modality!r}")
+            raise ValueError(f"modality must be one of {MODALITIES}; got {modality!r}")
         if not callable(model):
             raise TypeError(f"Explorer needs a callable model, got {type(model).__name__}")
         self.model = model
@@ -81,22 +85,19 @@ class Explorer:
         self._inputs, self._labels = split_dataset(dataset)
         if len(self) == 0:
             raise ValueError("the dataset is empty")
-        shape = tuple(self.sample(0).shape)
-        if modality == "tabular":
-            if len(shape) != 1:
-                raise ValueError(f"tabular samples must be vectors [F]; got shape {list(shape)}")
-            names = feature_names or [f"feature {i}" for i in range(shape[0])]
-            if len(names) != shape[0]:
-                raise ValueError(f"{len(names)} feature names for {shape[0]} features")
-            self.feature_names: list[str] | None = [str(n) for n in names]
+        self.tokenizer = tokenizer
+        self.feature_names: list[str] | None = None
+        if modality == "text":
+            from .text import build_text_methods, check_texts
+
+            if tokenizer is None:
+                raise ValueError("modality='text' needs the model's tokenizer: tokenizer=...")
+            check_texts(self._inputs)
+            specs = build_text_methods(model, tokenizer, methods, granularity)
         else:
-            if len(shape) not in (2, 3):
-                raise ValueError(
-                    f"image samples must be [C, H, W] or [H, W]; got shape {list(shape)}"
-                )
-            self.feature_names = None
+            specs = self._tensor_methods(methods, feature_names)
         self._classes = None if classes is None else [str(c) for c in classes]
-        self._specs: dict[str, MethodSpec] = build_methods(model, methods, shape)
+        self._specs: dict[str, MethodSpec] = specs
         self._worker = Worker()
         self._cache: OrderedDict[Hashable, dict[str, Any]] = OrderedDict()
         self._cache_size = cache_size
@@ -117,14 +118,36 @@ class Explorer:
                 except ExplorerError as error:
                     raise ValueError(f"method {name} does not run here: {error.message}") from None
 
+    def _tensor_methods(self, methods: Any, feature_names: Sequence[str] | None) -> dict[str, Any]:
+        """The method specs of an image or tabular explorer, after checking the samples."""
+        shape = tuple(self.sample(0).shape)
+        if self.modality == "tabular":
+            if len(shape) != 1:
+                raise ValueError(f"tabular samples must be vectors [F]; got shape {list(shape)}")
+            names = feature_names or [f"feature {i}" for i in range(shape[0])]
+            if len(names) != shape[0]:
+                raise ValueError(f"{len(names)} feature names for {shape[0]} features")
+            self.feature_names = [str(n) for n in names]
+        elif len(shape) not in (2, 3):
+            raise ValueError(f"image samples must be [C, H, W] or [H, W]; got shape {list(shape)}")
+        return build_methods(self.model, methods, shape)
+
     # -- data --------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._inputs)
 
     def sample(self, index: int) -> Tensor:
         """Sample ``index`` as a tensor (without batch dimension)."""
+        if self.modality == "text":
+            raise ExplorerError("text samples are strings: read them with text(index)", 404)
         value = self._inputs[index]
         return value if isinstance(value, Tensor) else torch.as_tensor(value)
+
+    def text(self, index: int) -> str:
+        """Text sample ``index`` (text modality)."""
+        if self.modality != "text":
+            raise ExplorerError(f"{self.modality} samples are not texts", 404)
+        return str(self._inputs[index])
 
     def label(self, index: int) -> int | None:
         if self._labels is None:
@@ -142,10 +165,14 @@ class Explorer:
     def _prediction_table(self) -> tuple[Tensor, Tensor]:
         """Predicted class ``[N]`` and class probabilities ``[N, C]`` of every sample."""
         if self._predictions is None:
-            self._predictions = self._worker.run(
-                ("predictions",),
-                lambda: predict_all(self.model, self.sample, len(self), self._batch_size),
-            )
+            if self.modality == "text":
+                from .text import predict_texts
+
+                texts = [self.text(i) for i in range(len(self))]
+                job = lambda: predict_texts(self.model, self.tokenizer, texts, self._batch_size)  # noqa: E731
+            else:
+                job = lambda: predict_all(self.model, self.sample, len(self), self._batch_size)  # noqa: E731
+            self._predictions = self._worker.run(("predictions",), job)
         return self._predictions
 
     def _check_index(self, sample: Any) -> int:
@@ -164,7 +191,7 @@ class Explorer:
     # -- the API -----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """Title, modality, class names, feature names and the number of samples."""
-        return {
+        info: dict[str, Any] = {
             "title": self.title,
             "modality": self.modality,
             "classes": self.classes,
@@ -172,6 +199,9 @@ class Explorer:
             "n_samples": len(self),
             "has_labels": self._labels is not None,
         }
+        if self.modality == "text":
+            info["granularity"] = next(iter(self._specs.values())).method.granularity
+        return info
 
     def samples(
         self,
@@ -216,6 +246,8 @@ class Explorer:
                     "misclassified": y is not None and y != p,
                 }
             )
+            if self.modality == "text":
+                rows[-1]["text"] = self.text(i)
         return {"total": len(ids), "offset": offset, "limit": limit, "samples": rows}
 
     def methods(self) -> list[dict[str, Any]]:
@@ -270,6 +302,8 @@ class Explorer:
     ) -> dict[str, Any]:
         import tdlens
 
+        if self.modality == "text":
+            return self._compute_text(index, spec, target, options)
         x = self.sample(index).unsqueeze(0)
         start = time.perf_counter()
         try:
@@ -296,11 +330,7 @@ class Explorer:
             "sample": index,
             "method": spec.name,
             "target": target,
-            "args": {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in options.items()
-                if k in spec.args
-            },
+            "args": _shown_args(spec, options),
             "scores": attr[0].reshape(-1).tolist(),
             "shape": list(attr.shape[1:]),
             "took_ms": round(took_ms, 3),
@@ -310,13 +340,31 @@ class Explorer:
             answer["elements"] = self.feature_names
         return answer
 
+    def _compute_text(
+        self, index: int, spec: MethodSpec, target: int, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        from .text import compute_text, text_deletion
+
+        start = time.perf_counter()
+        explanation, fields = compute_text(spec, self.text(index), target, options)
+        took_ms = (time.perf_counter() - start) * 1e3
+        return {
+            "sample": index,
+            "method": spec.name,
+            "target": target,
+            "args": _shown_args(spec, options),
+            **fields,
+            "took_ms": round(took_ms, 3),
+            "deletion": text_deletion(spec, explanation),
+        }
+
     def sample_png(self, sample: Any) -> bytes:
         """Image sample ``sample`` as PNG (404 for tabular data)."""
         from .render import sample_png
 
         index = self._check_index(sample)
         if self.modality != "image":
-            raise ExplorerError("tabular samples have no picture", 404)
+            raise ExplorerError(f"{self.modality} samples have no picture", 404)
         return sample_png(self.sample(index), self.modality)
 
     def attribution_png(
@@ -326,6 +374,8 @@ class Explorer:
         or a bar chart of the features (computed, or taken from the cache)."""
         from .render import attribution_png
 
+        if self.modality == "text":
+            raise ExplorerError("text attributions are shown as highlighted text, not PNG", 404)
         answer = self.attribute(sample, method, target, args)
         scores = torch.tensor(answer["scores"]).reshape(answer["shape"])
         try:
@@ -398,3 +448,8 @@ class Explorer:
         finally:
             self.stop()
             self._worker.close()
+
+
+def _shown_args(spec: MethodSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """The page-editable arguments of an answer, as JSON values."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if k in spec.args}

@@ -119,7 +119,7 @@ def encode(
     check_fast(tokenizer)
     batch = tokenizer(
         texts,
-        padding=True,
+        padding=len(texts) > 1,  # one text needs no pad token (tokenizers without one)
         return_tensors="pt",
         return_offsets_mapping=True,
         return_special_tokens_mask=True,

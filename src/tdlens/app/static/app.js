@@ -73,6 +73,9 @@ function renderGrid(samples) {
     if (state.selected === sample.id) card.classList.add("selected");
     if (state.info.modality === "image") {
       card.appendChild(el("img", { src: "/api/sample/" + sample.id + "/image", alt: "sample " + sample.id }));
+    } else if (sample.text !== undefined) {
+      const shown = sample.text.length > 140 ? sample.text.slice(0, 140) + "…" : sample.text;
+      card.appendChild(el("div", { className: "text" }, shown));
     }
     card.appendChild(el("div", { className: "id" }, "#" + sample.id));
     if (sample.label !== null) card.appendChild(el("div", { className: "label" }, "label: " + className(sample.label)));
@@ -172,6 +175,39 @@ function renderPanel(answer, kind) {
   const panel = el("div", { className: "panel loading", "data-kind": kind, "data-target": answer.target, "data-method": answer.method });
   const heading = (kind === "predicted" ? "predicted class: " : "class: ") + className(answer.target);
   panel.appendChild(el("h3", {}, heading));
+  if (state.info.modality === "text") {
+    panel.appendChild(renderTokens(answer));
+    panel.classList.remove("loading");
+    panel.dataset.ready = "1";
+  } else {
+    panel.appendChild(renderPicture(answer, panel));
+  }
+  const peak = answer.scores.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  panel.appendChild(el("p", { className: "metrics took" }, answer.method + ": " + answer.took_ms.toFixed(1) + " ms" + (answer.cached ? " (cached)" : "")));
+  panel.appendChild(el("p", { className: "metrics deletion" }, answer.deletion ? "deletion AUC: " + answer.deletion.auc.toFixed(4) + " (class probability; lower is better)" : "deletion AUC: n/a for this map"));
+  panel.appendChild(el("p", { className: "metrics peak" }, "largest |attribution|: " + peak.toPrecision(3)));
+  return panel;
+}
+
+// Text: one span per scored element, its text as a text node, red for positive scores and
+// blue for negative ones (opacity: |score| / largest |score|); the score shows on hover.
+function renderTokens(answer) {
+  const box = el("p", { className: "tokens" });
+  box.dataset.scores = JSON.stringify(answer.scores);
+  const peak = answer.scores.reduce((m, v) => Math.max(m, Math.abs(v)), 0) || 1;
+  answer.elements.forEach((element, i) => {
+    const score = answer.scores[i];
+    const alpha = Math.min(1, Math.abs(score) / peak).toFixed(3);
+    const colour = score >= 0 ? "rgba(214, 39, 40, " + alpha + ")" : "rgba(31, 119, 180, " + alpha + ")";
+    const span = el("span", { className: "token", title: element + ": " + score.toPrecision(4) }, element);
+    span.style.backgroundColor = colour;
+    box.appendChild(span);
+    box.appendChild(document.createTextNode(" "));
+  });
+  return box;
+}
+
+function renderPicture(answer, panel) {
   const query = new URLSearchParams({ method: answer.method, target: answer.target, args: JSON.stringify(answer.args) });
   const picture = el("img", { className: "heatmap", alt: answer.method + " attribution for class " + className(answer.target) });
   picture.dataset.scores = JSON.stringify(answer.scores);
@@ -179,12 +215,7 @@ function renderPanel(answer, kind) {
   picture.addEventListener("load", () => { panel.classList.remove("loading"); panel.dataset.ready = "1"; });
   picture.addEventListener("error", () => showError("Could not draw the attribution picture."));
   picture.src = "/api/sample/" + answer.sample + "/heatmap?" + query;
-  panel.appendChild(picture);
-  const peak = answer.scores.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-  panel.appendChild(el("p", { className: "metrics took" }, answer.method + ": " + answer.took_ms.toFixed(1) + " ms" + (answer.cached ? " (cached)" : "")));
-  panel.appendChild(el("p", { className: "metrics deletion" }, answer.deletion ? "deletion AUC: " + answer.deletion.auc.toFixed(4) + " (class probability; lower is better)" : "deletion AUC: n/a for this map"));
-  panel.appendChild(el("p", { className: "metrics peak" }, "largest |attribution|: " + peak.toPrecision(3)));
-  return panel;
+  return picture;
 }
 
 // -- start -----------------------------------------------------------------------------------
@@ -197,6 +228,7 @@ async function start() {
     return;
   }
   document.title = state.info.title;
+  $("grid").classList.toggle("texts", state.info.modality === "text");  // one text per row
   $("title").textContent = state.info.title;
   fillClassSelect($("filter-label"));
   fillClassSelect($("filter-predicted"));
