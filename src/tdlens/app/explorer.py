@@ -303,7 +303,9 @@ class Explorer:
         import tdlens
 
         if self.modality == "text":
-            return self._compute_text(index, spec, target, options)
+            from .text import compute_text
+
+            return {"sample": index, **compute_text(spec, self.text(index), target, options)}
         x = self.sample(index).unsqueeze(0)
         start = time.perf_counter()
         try:
@@ -330,7 +332,7 @@ class Explorer:
             "sample": index,
             "method": spec.name,
             "target": target,
-            "args": _shown_args(spec, options),
+            "args": spec.shown_args(options),
             "scores": attr[0].reshape(-1).tolist(),
             "shape": list(attr.shape[1:]),
             "took_ms": round(took_ms, 3),
@@ -339,24 +341,6 @@ class Explorer:
         if self.feature_names is not None:
             answer["elements"] = self.feature_names
         return answer
-
-    def _compute_text(
-        self, index: int, spec: MethodSpec, target: int, options: dict[str, Any]
-    ) -> dict[str, Any]:
-        from .text import compute_text, text_deletion
-
-        start = time.perf_counter()
-        explanation, fields = compute_text(spec, self.text(index), target, options)
-        took_ms = (time.perf_counter() - start) * 1e3
-        return {
-            "sample": index,
-            "method": spec.name,
-            "target": target,
-            "args": _shown_args(spec, options),
-            **fields,
-            "took_ms": round(took_ms, 3),
-            "deletion": text_deletion(spec, explanation),
-        }
 
     def sample_png(self, sample: Any) -> bytes:
         """Image sample ``sample`` as PNG (404 for tabular data)."""
@@ -448,8 +432,3 @@ class Explorer:
         finally:
             self.stop()
             self._worker.close()
-
-
-def _shown_args(spec: MethodSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """The page-editable arguments of an answer, as JSON values."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if k in spec.args}

@@ -129,6 +129,12 @@ class MethodSpec:
         values.update({name: self.args[name].check(v, self.name) for name, v in given.items()})
         return {**self.fixed, **values}
 
+    def shown_args(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The page-editable arguments among ``options``, as JSON values (for answers)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if k in self.args
+        }
+
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "args": [spec.as_json() for spec in self.args.values()]}
 

@@ -10,6 +10,7 @@ targets=target)[0]``.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +19,14 @@ from torch import Tensor
 
 from .methods import ArgSpec, ExplorerError, MethodSpec, _kind
 
-__all__ = ["TextMethod", "build_text_methods", "predict_texts", "text_deletion"]
+__all__ = [
+    "TextMethod",
+    "build_text_methods",
+    "check_texts",
+    "compute_text",
+    "predict_texts",
+    "text_deletion",
+]
 
 # Set by tdlens.text from the text, the target and the granularity (see its explainers), or
 # computed by it when not given (SmoothGrad's ``stdevs``: 0.1 x the embedding matrix's std, in
@@ -168,18 +176,25 @@ def text_deletion(spec: MethodSpec, explanation: Any) -> dict[str, Any] | None:
 
 def compute_text(
     spec: MethodSpec, sample: str, target: int, options: dict[str, Any]
-) -> tuple[Any, dict[str, Any]]:
-    """Runs ``spec`` on one text; the explanation and the answer's text-specific fields."""
+) -> dict[str, Any]:
+    """The explorer's answer for ``spec`` on one text (all but the sample id)."""
     import tdlens
 
+    start = time.perf_counter()
     try:
         explanation = spec.method.attribute(sample, target=target, **options)
     except (tdlens.TdlensError, ValueError, TypeError) as error:
         raise ExplorerError(f"{spec.name} failed with these arguments: {error}") from error
+    took_ms = (time.perf_counter() - start) * 1e3
     scores = explanation.scores[0].detach()
-    return explanation, {
+    return {
+        "method": spec.name,
+        "target": target,
+        "args": spec.shown_args(options),
         "scores": scores.tolist(),
         "shape": list(scores.shape),
         "elements": list(explanation.elements),
         "granularity": explanation.granularity,
+        "took_ms": round(took_ms, 3),
+        "deletion": text_deletion(spec, explanation),
     }
