@@ -9,7 +9,6 @@ and which use only tdlens's public API. Model calls run on one worker thread
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -307,12 +306,7 @@ class Explorer:
 
             return {"sample": index, **compute_text(spec, self.text(index), target, options)}
         x = self.sample(index).unsqueeze(0)
-        start = time.perf_counter()
-        try:
-            attr = spec.method.attribute(x, target=target, **options)
-        except (tdlens.TdlensError, ValueError, TypeError) as error:
-            raise ExplorerError(f"{spec.name} failed with these arguments: {error}") from error
-        took_ms = (time.perf_counter() - start) * 1e3
+        attr, took_ms = spec.run(x, target, options)
         attr = attr.detach()
         # per-pixel deletion for images (all channels of a pixel at once), per-feature else;
         # on class probabilities, as in RISE, so that the area lies in [0, 1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,18 @@ class MethodSpec:
         values.update({name: self.args[name].check(v, self.name) for name, v in given.items()})
         return {**self.fixed, **values}
 
+    def run(self, inputs: Any, target: int, options: dict[str, Any]) -> tuple[Any, float]:
+        """``method.attribute(inputs, target=target, **options)`` and its time in ms; a
+        failure the arguments explain becomes a 400."""
+        import tdlens
+
+        start = time.perf_counter()
+        try:
+            result = self.method.attribute(inputs, target=target, **options)
+        except (tdlens.TdlensError, ValueError, TypeError) as error:
+            raise ExplorerError(f"{self.name} failed with these arguments: {error}") from error
+        return result, (time.perf_counter() - start) * 1e3
+
     def shown_args(self, options: dict[str, Any]) -> dict[str, Any]:
         """The page-editable arguments among ``options``, as JSON values (for answers)."""
         return {
@@ -150,19 +163,24 @@ def _default_window(name: str, sample_shape: Sequence[int]) -> tuple[int, ...]:
     return (int(sample_shape[0]), *spatial)
 
 
+def configured_methods(methods: Any) -> dict[Any, Any]:
+    """``methods`` (names, or a mapping from a name to options) as a mapping."""
+    if isinstance(methods, str):
+        raise ValueError("methods must be a list of method names, not one string")
+    configured = dict(methods) if isinstance(methods, Mapping) else {m: {} for m in methods}
+    if not configured:
+        raise ValueError("Explorer needs at least one method, e.g. methods=['Saliency']")
+    return configured
+
+
 def build_methods(model: Any, methods: Any, sample_shape: Sequence[int]) -> dict[str, MethodSpec]:
     """Builds the method specs from ``methods``: names, or a mapping from a name to default
     ``attribute()`` arguments (editable when they are a bool, number, string or list of ints;
     passed unchanged otherwise, e.g. ``layer=`` of GradCam)."""
     import tdlens
 
-    if isinstance(methods, str):
-        raise ExplorerError("methods must be a list of method names, not one string", 500)
-    configured = dict(methods) if isinstance(methods, Mapping) else {m: {} for m in methods}
-    if not configured:
-        raise ValueError("Explorer needs at least one method, e.g. methods=['Saliency']")
     specs = {}
-    for name, options in configured.items():
+    for name, options in configured_methods(methods).items():
         cls: Any = getattr(tdlens, str(name), None)
         if not _is_method(cls):
             available = ", ".join(n for n in tdlens.__all__ if _is_method(getattr(tdlens, n)))

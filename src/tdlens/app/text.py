@@ -10,14 +10,13 @@ targets=target)[0]``.
 from __future__ import annotations
 
 import inspect
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .methods import ArgSpec, ExplorerError, MethodSpec, _kind
+from .methods import ArgSpec, MethodSpec, _kind, configured_methods
 
 __all__ = [
     "TextMethod",
@@ -74,13 +73,8 @@ def build_text_methods(
 
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}; got {granularity!r}")
-    if isinstance(methods, str):
-        raise ValueError("methods must be a list of method names, not one string")
-    configured = dict(methods) if isinstance(methods, Mapping) else {m: {} for m in methods}
-    if not configured:
-        raise ValueError("Explorer needs at least one method, e.g. methods=['Saliency']")
     specs = {}
-    for name, given in configured.items():
+    for name, given in configured_methods(methods).items():
         cls: Any = getattr(text, str(name), None)
         if not _is_explainer(cls):
             available = ", ".join(n for n in text.__all__ if _is_explainer(getattr(text, n)))
@@ -178,14 +172,7 @@ def compute_text(
     spec: MethodSpec, sample: str, target: int, options: dict[str, Any]
 ) -> dict[str, Any]:
     """The explorer's answer for ``spec`` on one text (all but the sample id)."""
-    import tdlens
-
-    start = time.perf_counter()
-    try:
-        explanation = spec.method.attribute(sample, target=target, **options)
-    except (tdlens.TdlensError, ValueError, TypeError) as error:
-        raise ExplorerError(f"{spec.name} failed with these arguments: {error}") from error
-    took_ms = (time.perf_counter() - start) * 1e3
+    explanation, took_ms = spec.run(sample, target, options)
     scores = explanation.scores[0].detach()
     return {
         "method": spec.name,
