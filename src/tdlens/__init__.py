@@ -50,7 +50,7 @@ _PUBLIC = {
 }
 
 # Subpackages reachable as attributes (``tdlens.metrics.infidelity``), imported on first use.
-_SUBMODULES = ("metrics", "attribution", "core", "viz")
+_SUBMODULES = ("metrics", "attribution", "core", "viz", "latent", "weights")
 
 __all__ = sorted(_PUBLIC)
 
