@@ -19,7 +19,10 @@ Variants (all see the same examples, the same seeded 80/20 split and the same po
 
 Validation accuracy of every layer is printed for each variant; ratios come last.
 
-Run with ``python benchmarks/probing.py`` (``--examples``, ``--repeat``).
+Every variant first runs once, untimed, on two batches (first-use imports), then the variants
+run ``--repeat`` times in turn, the order reversed every other round.
+
+Run with ``python benchmarks/probing.py`` (``--examples``, ``--repeat``, ``--hidden``).
 """
 
 from __future__ import annotations
@@ -128,9 +131,9 @@ def run_hidden_states(model: Any, batches: list, n_layers: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=3000)
-    parser.add_argument("--length", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--length", type=int, default=24)
+    parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -151,6 +154,10 @@ def main() -> None:
         "per-layer loop": lambda: run_per_layer(model, batches, 12),
         "hidden_states + sklearn": lambda: run_hidden_states(model, batches, 12),
     }
+    # one untimed run of each on a few batches: first-use imports (torch.optim loads
+    # torch._dynamo, scikit-learn its solvers) are not part of the comparison
+    warm = batches[:2]
+    run_tdlens(model, warm, 12), run_per_layer(model, warm, 12), run_hidden_states(model, warm, 12)
     times: dict[str, list[float]] = {name: [] for name in variants}
     accuracy: dict[str, list[float]] = {}
     for rep in range(args.repeat):

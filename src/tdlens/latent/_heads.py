@@ -1,12 +1,10 @@
-"""Linear probe heads fitted together: standardisation, logistic heads trained by mini-batch
-Adam, ridge heads solved exactly from streamed sufficient statistics, and their scores.
+"""Streamed statistics of probes: feature moments for standardisation, ridge probes solved
+exactly from streamed sufficient statistics, and scores (accuracy, R^2).
 
-Every head works on standardised features ``z = (x - mean) / scale``. The objectives:
-
-* logistic: ``mean_i CE(z_i W + b, y_i) + l2/2 ||W||^2`` (softmax over C classes, also for
-  C = 2); with ``rank=r``, ``W = U V`` and the penalty ``l2/2 (||U||^2 + ||V||^2)``.
-* linear: ``mean_i ||y_i - z_i W - b||^2 + l2 ||W||^2`` solved in closed form; with ``rank=r``
-  the fitted values are projected on their top ``r`` principal directions (reduced-rank ridge).
+Probes work on standardised features ``z = (x - mean) / scale``. The ridge objective is
+``mean_i ||y_i - z_i W - b||^2 + l2 ||W||^2``, solved in closed form; with ``rank=r`` the fitted
+values are projected on their top ``r`` principal directions (reduced-rank ridge). Logistic
+heads are in :mod:`._logistic`.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
 class Moments:
@@ -45,39 +43,6 @@ class Moments:
         if not standardize:
             mean, scale = torch.zeros_like(mean), torch.ones_like(scale)
         return mean.to(dtype), scale.to(dtype)
-
-
-class Head(nn.Module):
-    """``z @ W + b`` with ``W`` full ``[D, C]`` or low rank ``U [D, r] @ V [r, C]``."""
-
-    def __init__(
-        self, dim: int, outputs: int, rank: int | None, dtype: torch.dtype, seed: int
-    ) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(outputs, dtype=dtype))
-        if rank is None:
-            self.weight = nn.Parameter(torch.zeros(dim, outputs, dtype=dtype))
-            self.factors: nn.ParameterList | None = None
-        else:
-            generator = torch.Generator().manual_seed(seed)
-            u = torch.randn(dim, rank, generator=generator, dtype=torch.float64) / math.sqrt(dim)
-            v = torch.randn(rank, outputs, generator=generator, dtype=torch.float64) * 0.01
-            self.factors = nn.ParameterList([u.to(dtype), v.to(dtype)])
-
-    def matrix(self) -> Tensor:
-        if self.factors is None:
-            return self.weight
-        return self.factors[0] @ self.factors[1]
-
-    def penalty(self) -> Tensor:
-        if self.factors is None:
-            return (self.weight * self.weight).sum()
-        return sum((f * f).sum() for f in self.factors)  # type: ignore[return-value]
-
-    def forward(self, z: Tensor) -> Tensor:
-        if self.factors is None:
-            return torch.addmm(self.bias, z, self.weight)
-        return (z @ self.factors[0]) @ self.factors[1] + self.bias
 
 
 class RidgeStats:

@@ -11,9 +11,8 @@ statistics, in one pass.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,115 +21,12 @@ from torch import Tensor, nn
 
 from ..core.errors import InputError, InputTypeError
 from ._features import Features
-from ._heads import Head, Moments, RidgeStats, Score
+from ._heads import Moments, RidgeStats, Score
+from ._logistic import fit_adam, fit_lbfgs, head_groups, threads_for
+from ._probe import Probe, Probes
 from .streaming import ActivationStream, Reduce, check_reduce
 
 KINDS = ("logistic", "linear")
-
-
-@dataclass
-class Probe:
-    """A fitted probe on one path's activations.
-
-    Attributes:
-        path: the module path probed.
-        kind: ``"logistic"``, ``"linear"`` or ``"sklearn"``.
-        weight: ``[D, C]`` on standardised features (``None`` for scikit-learn estimators).
-        bias: ``[C]``.
-        mean, scale: the standardisation ``z = (x - mean) / scale``, ``[D]`` each.
-        metrics: ``{"train": ..., "val": ...}``: accuracy (classification) or R^2.
-        estimator: the fitted scikit-learn estimator, for ``kind=<estimator>``.
-    """
-
-    path: str
-    kind: str
-    weight: Tensor | None
-    bias: Tensor | None
-    mean: Tensor
-    scale: Tensor
-    classification: bool
-    metrics: dict[str, float] = field(default_factory=dict)
-    estimator: Any = None
-
-    def __call__(self, activations: Tensor) -> Tensor:
-        """Scores ``[N, C]`` (class logits, or predicted values) for reduced activations
-        ``[N, D]``."""
-        z = (activations.to(self.mean.dtype) - self.mean) / self.scale
-        if self.estimator is not None:
-            est = self.estimator
-            scores = est.decision_function(z) if hasattr(est, "decision_function") else None
-            values = torch.as_tensor(scores if scores is not None else est.predict(z))
-            return values.reshape(len(z), -1)
-        assert self.weight is not None and self.bias is not None
-        return z @ self.weight + self.bias
-
-    def predict(self, activations: Tensor) -> Tensor:
-        """Class indices ``[N]`` (classification) or values ``[N, C]`` (regression)."""
-        if self.estimator is not None:
-            z = (activations.to(self.mean.dtype) - self.mean) / self.scale
-            return torch.as_tensor(self.estimator.predict(z))
-        scores = self(activations)
-        return scores.argmax(-1) if self.classification else scores
-
-    @property
-    def direction(self) -> Tensor:
-        """``[D, C]``: the probe's weights in the raw activation space (for steering)."""
-        if self.weight is None:
-            raise InputError("a scikit-learn probe has no weight matrix; read .estimator")
-        return self.weight / self.scale.unsqueeze(-1)
-
-
-class ProbeTable:
-    """One row per path: its train and validation score. Prints as an aligned table."""
-
-    def __init__(self, rows: list[tuple[str, float, float]], metric: str) -> None:
-        self.rows = rows
-        self.metric = metric
-
-    def to_dict(self) -> dict[str, dict[str, float]]:
-        return {path: {"train": train, "val": val} for path, train, val in self.rows}
-
-    def __str__(self) -> str:
-        width = max([len("path"), *(len(p) for p, _, _ in self.rows)])
-        lines = [f"{'path':<{width}}  train {self.metric:<8}  val {self.metric}"]
-        lines += [f"{p:<{width}}  {t:>14.4f}  {v:>12.4f}" for p, t, v in self.rows]
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-
-class Probes(Mapping[str, Probe]):
-    """The fitted probes, keyed by path, in the order the paths were given.
-
-    Attributes:
-        forward_passes: how many forward passes of the model the fit made.
-        train_rows, val_rows: the indices (in data order) of the training and validation
-            examples.
-    """
-
-    def __init__(self, probes: dict[str, Probe], forward_passes: int, train: Tensor) -> None:
-        self._probes = probes
-        self.forward_passes = forward_passes
-        self.train_rows = train.nonzero().squeeze(1)
-        self.val_rows = (~train).nonzero().squeeze(1)
-
-    def __getitem__(self, path: str) -> Probe:
-        return self._probes[path]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._probes)
-
-    def __len__(self) -> int:
-        return len(self._probes)
-
-    def table(self) -> ProbeTable:
-        """Train and validation accuracy (classification) or R^2 (regression) per path."""
-        metric = "acc" if all(p.classification for p in self._probes.values()) else "score"
-        rows = [(path, p.metrics["train"], p.metrics["val"]) for path, p in self._probes.items()]
-        return ProbeTable(rows, metric)
-
-    def __repr__(self) -> str:
-        return f"Probes({len(self)} paths)\n{self.table()}"
 
 
 def fit_probes(
@@ -282,6 +178,36 @@ def _fit(
     outputs = _outputs(y, classification, n_train)
     standard = {n: moments[n].standardizer(dtypes[n], standardize) for n in features.names}
 
+    # on cached features every step is small: one thread (see threads_for); streamed passes
+    # run the model, which keeps the user's thread setting
+    in_memory = features.full is not None
+    size = sum(v.numel() for v in features.full.values()) if features.full is not None else 0
+    with threads_for(size) if in_memory else contextlib.nullcontext():
+        probes = _fit_and_score(
+            features, kind, y, train, standard, classification, sklearn_estimator, outputs, rank,
+            l2, solver, max_iter, lr, epochs, generator, seed,
+        )  # fmt: skip
+    return Probes(probes, features.forward_passes, train)
+
+
+def _fit_and_score(
+    features: Features,
+    kind: Any,
+    y: Tensor,
+    train: Tensor,
+    standard: dict[str, tuple[Tensor, Tensor]],
+    classification: bool,
+    sklearn_estimator: bool,
+    outputs: int,
+    rank: int | None,
+    l2: float,
+    solver: str,
+    max_iter: int,
+    lr: float,
+    epochs: int,
+    generator: torch.Generator,
+    seed: int,
+) -> dict[str, Probe]:
     probes: dict[str, Probe] = {}
     if sklearn_estimator:
         probes = _fit_sklearn(features, kind, y, train, standard, classification)
@@ -296,21 +222,18 @@ def _fit(
                     "solver='lbfgs' fits on every row at once: use cache=True (features in "
                     "memory), or solver='adam' for streamed or memory-mapped features"
                 )
-            heads = {
-                name: Head(len(standard[name][0]), outputs, rank, standard[name][0].dtype, seed)
-                for name in features.names
-            }
+            groups = head_groups(features.names, standard, outputs, rank, seed)
             if solver == "lbfgs":
-                _fit_lbfgs(heads, features, y, train, standard, l2, max_iter)
+                fit_lbfgs(groups, features, y, train, standard, l2, max_iter)
             else:
-                _fit_adam(heads, features, y, train, standard, l2, lr, epochs, generator)
-            weights = {n: (h.matrix().detach(), h.bias.detach()) for n, h in heads.items()}
+                fit_adam(groups, features, y, train, standard, l2, lr, epochs, generator)
+            weights = {name: w for group in groups for name, w in group.weights().items()}
         for name in features.names:
             mean, scale = standard[name]
             weight, bias = weights[name]
             probes[name] = Probe(name, kind, weight, bias, mean, scale, classification)
         _score(features, probes, y, train, classification)
-    return Probes(probes, features.forward_passes, train)
+    return probes
 
 
 def _outputs(y: Tensor, classification: bool, n_train: int) -> int:
@@ -325,94 +248,6 @@ def _outputs(y: Tensor, classification: bool, n_train: int) -> int:
             f"example(s) for {classes} classes; give more data or a smaller val="
         )
     return classes
-
-
-def _fit_adam(
-    heads: dict[str, Head],
-    features: Features,
-    y: Tensor,
-    train: Tensor,
-    standard: dict[str, tuple[Tensor, Tensor]],
-    l2: float,
-    lr: float,
-    epochs: int,
-    generator: torch.Generator,
-) -> None:
-    params = [p for head in heads.values() for p in head.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    total, step = epochs * _steps_per_epoch(features), 0
-    shuffle = generator if (features.full is not None or features.chunks) else None
-    with torch.enable_grad():
-        for _ in range(epochs):
-            for feats, rows in features.passes(shuffle):
-                keep = train[rows]
-                if not keep.any():
-                    continue
-                target = y[rows[keep]]
-                loss = sum(
-                    _objective(head, _standard(feats[name][keep], standard[name]), target, l2)
-                    for name, head in heads.items()
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[union-attr]
-                optimizer.step()
-                step += 1
-
-
-def _fit_lbfgs(
-    heads: dict[str, Head],
-    features: Features,
-    y: Tensor,
-    train: Tensor,
-    standard: dict[str, tuple[Tensor, Tensor]],
-    l2: float,
-    max_iter: int,
-) -> None:
-    """Full-batch L-BFGS on the in-memory training rows; the paths' objectives are summed
-    (they share no parameter, so the joint optimum is each path's optimum)."""
-    assert features.full is not None
-    target = y[train]
-    inputs = {name: _standard(features.full[name][train], standard[name]) for name in heads}
-    params = [p for head in heads.values() for p in head.parameters()]
-    double = all(p.dtype == torch.float64 for p in params)
-    optimizer = torch.optim.LBFGS(
-        params,
-        lr=1,
-        max_iter=max_iter,
-        history_size=20,
-        # float32 losses stop moving near 1e-7 relative: tighter tolerances only burn max_iter
-        tolerance_grad=1e-9 if double else 1e-6,
-        tolerance_change=1e-12 if double else 1e-9,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum(_objective(h, inputs[n], target, l2) for n, h in heads.items())
-        loss.backward()  # type: ignore[union-attr]
-        return loss  # type: ignore[return-value]
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-
-
-def _standard(value: Tensor, standard: tuple[Tensor, Tensor]) -> Tensor:
-    mean, scale = standard
-    return (value.to(mean.dtype) - mean) / scale
-
-
-def _objective(head: Head, z: Tensor, target: Tensor, l2: float) -> Tensor:
-    return nn.functional.cross_entropy(head(z), target) + 0.5 * l2 * head.penalty()
-
-
-def _steps_per_epoch(features: Features) -> int:
-    if features.full is not None:
-        return max(1, math.ceil(features.n / features.batch_size))
-    if features.chunks:
-        return len(features.chunks)
-    return max(1, math.ceil(features.n / max(1, features.batch_size)))
 
 
 def _fit_ridge(
