@@ -18,7 +18,7 @@ def test_probing_doc_examples_run():
     assert len(blocks) >= 6
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102
+        exec(compile(block, str(DOC), "exec"), namespace)
     assert namespace["probes"].forward_passes == 4  # the BERT loader: one pass per batch
     assert abs(namespace["latent"].intrinsic_dimension(namespace["plane"]) - 2) < 0.3
 
