@@ -246,3 +246,29 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="later pass"):
         gen = (x[i : i + 50] for i in range(0, 200, 50))
         latent.fit_probes(model, gen, paths="body.0", labels=y, cache=False)
+
+
+def test_tensordict_batches_tuple_batches_and_list_labels():
+    from tensordict import TensorDict
+
+    x, y = planted(n=300, margin=3.0)
+    model = Net().eval()
+    td_loader = [TensorDict(x=x[i : i + 100], label=y[i : i + 100], batch_size=[100])
+                 for i in range(0, 300, 100)]  # fmt: skip
+    by_key = latent.fit_probes(model, td_loader, paths="body.0", labels="label")
+    tuples = [(x[i : i + 100], y[i : i + 100]) for i in range(0, 300, 100)]
+    by_index = latent.fit_probes(model, tuples, paths="body.0", labels=1)
+    by_list = latent.fit_probes(model, x, paths="body.0", labels=y.tolist())
+    for probes in (by_key, by_index, by_list):
+        assert probes["body.0"].metrics["val"] >= 0.95
+    torch.testing.assert_close(by_key["body.0"].weight, by_index["body.0"].weight)
+
+
+def test_reduced_rank_ridge_has_the_rank_asked_for():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(400, 10, generator=g, dtype=torch.float64)
+    target = acts @ torch.randn(10, 3, generator=g, dtype=torch.float64)
+    probes = latent.fit_probes(None, {"h": acts}, labels=target, kind="linear", rank=1)
+    assert torch.linalg.matrix_rank(probes["h"].weight) == 1
+    full = latent.fit_probes(None, {"h": acts}, labels=target, kind="linear")
+    assert full["h"].metrics["val"] > 0.999 > probes["h"].metrics["val"]

@@ -184,3 +184,15 @@ def test_transcoder_reads_one_path_and_replaces_another():
     with weights.replace(model, "fc1", transcoder, read="fc1:input"):
         out = model(x)
     torch.testing.assert_close(out, model.fc2(model.act(model.norm(transcoder(x)))))
+
+
+def test_prune_amount_as_a_count_and_random():
+    model = net()
+    with weights.prune(model, paths="fc1", amount=5) as pruned:
+        assert int((model.fc1.weight == 0).sum()) == 5
+        assert pruned.sparsity == pytest.approx(5 / 48)
+    with weights.prune(model, paths="fc1", amount=0.25, by="random", seed=1):
+        assert int((model.fc1.weight == 0).sum()) == 12
+    with pytest.raises(ValueError, match="amount=100 weights"):
+        with weights.prune(model, paths="fc1", amount=100):
+            pass

@@ -54,8 +54,9 @@ class RidgeStats:
         self.n = 0
 
     def add(self, z: Tensor, y: Tensor) -> None:
-        z1 = torch.cat([z.double(), torch.ones(z.shape[0], 1, dtype=torch.float64)], 1)
-        y64 = y.double().reshape(y.shape[0], -1)
+        ones = torch.ones(z.shape[0], 1, dtype=torch.float64, device=z.device)
+        z1 = torch.cat([z.double(), ones], 1)
+        y64 = y.to(z.device).double().reshape(y.shape[0], -1)
         gram, cross = z1.T @ z1, z1.T @ y64
         if self.gram is None:
             self.gram, self.cross = gram, cross
@@ -96,11 +97,12 @@ class Score:
     def add(self, prediction: Tensor, y: Tensor) -> None:
         if not len(y):
             return
+        y = y.to(prediction.device)
         if self.classification:
             self.hits += float((prediction.argmax(-1) == y).sum())
         else:
             diff = prediction.double() - y.double().reshape(prediction.shape)
-            self.residual = self.residual + (diff**2).sum(0)
+            self.residual = self.residual + (diff**2).sum(0).cpu()
         self.n += len(y)
 
     def value(self, y_split: Tensor) -> float:

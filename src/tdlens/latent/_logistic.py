@@ -26,21 +26,21 @@ class HeadGroup(nn.Module):
 
     def __init__(
         self, names: list[str], dim: int, outputs: int, rank: int | None, dtype: torch.dtype,
-        seed: int,
+        seed: int, device: torch.device,
     ) -> None:  # fmt: skip
         super().__init__()
         self.names = names
         paths = len(names)
-        self.bias = nn.Parameter(torch.zeros(paths, 1, outputs, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(paths, 1, outputs, dtype=dtype, device=device))
         self.factors = nn.ParameterList()
         if rank is None:
-            self.factors.append(torch.zeros(paths, dim, outputs, dtype=dtype))
+            self.factors.append(torch.zeros(paths, dim, outputs, dtype=dtype, device=device))
         else:  # a zero factor pair has zero gradient: start from small random factors
             generator = torch.Generator().manual_seed(seed)
             u = torch.randn(paths, dim, rank, generator=generator, dtype=torch.float64)
             v = torch.randn(paths, rank, outputs, generator=generator, dtype=torch.float64)
-            self.factors.append((u / math.sqrt(dim)).to(dtype))
-            self.factors.append((v * 0.01).to(dtype))
+            self.factors.append((u / math.sqrt(dim)).to(device, dtype))
+            self.factors.append((v * 0.01).to(device, dtype))
 
     def matrices(self) -> Tensor:
         """``[P, D, C]``."""
@@ -57,7 +57,8 @@ class HeadGroup(nn.Module):
         """The sum over paths of each path's objective (``z [P, n, D]``, ``target [n]``)."""
         logits = self(z)
         paths, _, classes = logits.shape
-        fit = nn.functional.cross_entropy(logits.reshape(-1, classes), target.repeat(paths))
+        target = target.to(logits.device).repeat(paths)
+        fit = nn.functional.cross_entropy(logits.reshape(-1, classes), target)
         penalty = sum((f * f).sum() for f in self.factors)
         return fit * paths + 0.5 * l2 * penalty  # type: ignore[return-value]
 
@@ -88,13 +89,13 @@ def threads_for(numel: int) -> Iterator[None]:
 def head_groups(
     names: list[str], standard: Standard, outputs: int, rank: int | None, seed: int
 ) -> list[HeadGroup]:
-    by_shape: dict[tuple[int, torch.dtype], list[str]] = {}
+    by_shape: dict[tuple[int, torch.dtype, torch.device], list[str]] = {}
     for name in names:
         mean = standard[name][0]
-        by_shape.setdefault((len(mean), mean.dtype), []).append(name)
+        by_shape.setdefault((len(mean), mean.dtype, mean.device), []).append(name)
     return [
-        HeadGroup(group, dim, outputs, rank, dtype, seed)
-        for (dim, dtype), group in by_shape.items()
+        HeadGroup(group, dim, outputs, rank, dtype, seed, device)
+        for (dim, dtype, device), group in by_shape.items()
     ]
 
 

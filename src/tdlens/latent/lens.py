@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.adapter import _TrainingBuffers
 from ..core.errors import InputError, InputTypeError
 from ..core.hooks import HookSet, _call
 from ..core.paths import ModulePath, get_module, resolve_paths
@@ -80,11 +81,15 @@ def logit_lens(
             )
         hidden[path] = value.detach()
 
+    buffers = _TrainingBuffers(model)  # a training-mode BatchNorm would move its statistics
     with torch.no_grad():
         with HookSet() as hooks:
             for path in resolved:
                 hooks.on_site(model, path, functools.partial(capture, path))
-            _call(model, inputs)
+            try:
+                _call(model, inputs)
+            finally:
+                buffers.restore()
         missing = [str(p) for p in resolved if p not in hidden]
         if missing:
             raise InputError(f"path(s) {missing} did not run in the forward pass")

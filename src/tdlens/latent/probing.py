@@ -90,6 +90,10 @@ def fit_probes(
         >>> probes["encoder.layer.3"].metrics
         {'train': 0.97, 'val': 0.94}
     """
+    if isinstance(labels, list) or (
+        hasattr(labels, "__array__") and not isinstance(labels, Tensor)
+    ):
+        labels = torch.as_tensor(labels)
     sklearn_estimator = _check_options(kind, epochs, l2, val, rank, lr, batch_size)
     if solver not in ("auto", "lbfgs", "adam"):
         raise InputError(f"solver must be 'auto', 'lbfgs' or 'adam', got {solver!r}")

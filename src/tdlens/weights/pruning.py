@@ -66,8 +66,8 @@ def _selected(model: nn.Module, paths: object, params: tuple[str, ...]) -> dict[
 
 def _amount_count(amount: float | int, n: int, where: str) -> int:
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-        raise InputTypeError(f"amount must be a share in [0, 1] or a count, got {amount!r}")
-    if isinstance(amount, int) and amount > 1:
+        raise InputTypeError(f"amount must be a share (float) or a count (int), got {amount!r}")
+    if isinstance(amount, int):  # a count, as in torch.nn.utils.prune
         if amount > n:
             raise InputError(f"amount={amount} weights to prune but {where} has only {n}")
         return amount
@@ -126,7 +126,7 @@ def prune(
     Args:
         model: the model, changed in place inside the block.
         paths: module paths (globs allowed) whose ``params`` are pruned; default every module.
-        amount: the share (in [0, 1]) or number (an int > 1) of entries to zero.
+        amount: the share (a float in [0, 1]) or number (an int) of entries to zero.
         by: ``"magnitude"`` (smallest ``|w|`` first) or ``"random"`` (seeded).
         scope: ``"module"`` prunes ``amount`` of each parameter; ``"global"`` ranks all the
             selected parameters together (one threshold).
