@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import InputError, InputTypeError
+from ..core.lazy import require
 from ._features import Features
 from ._heads import Moments, RidgeStats, Score
 from ._logistic import fit_adam, fit_lbfgs, head_groups, threads_for
@@ -66,7 +68,8 @@ def fit_probes(
             (padding excluded when the batch has an ``attention_mask``), ``"first"``,
             ``"last"``, ``"flatten"``, ``"none"`` or a callable.
         epochs: passes of mini-batch Adam over the training rows (``solver="adam"``).
-        l2: the weight penalty (see :mod:`tdlens.latent._heads` for the objectives).
+        l2: the weight penalty: logistic ``mean CE + l2/2 ||W||^2``, ridge
+            ``mean ||y - zW - b||^2 + l2 ||W||^2`` (the bias is not penalised).
         val: the share of examples held out for validation (seeded split; 0 for none).
         rank: fit a low-rank weight ``[D, rank] @ [rank, C]`` instead of a full one.
         lr: Adam's initial learning rate; it decays to zero along a cosine.
@@ -94,67 +97,67 @@ def fit_probes(
         hasattr(labels, "__array__") and not isinstance(labels, Tensor)
     ):
         labels = torch.as_tensor(labels)
-    sklearn_estimator = _check_options(kind, epochs, l2, val, rank, lr, batch_size)
-    if solver not in ("auto", "lbfgs", "adam"):
-        raise InputError(f"solver must be 'auto', 'lbfgs' or 'adam', got {solver!r}")
-    check_reduce(reduce)
+    options = _Options(kind, reduce, epochs, l2, val, rank, lr, batch_size, solver, max_iter,
+                       cache, standardize, seed)  # fmt: skip
     if model is None:
-        return _fit(None, data, paths, labels, kind, reduce, epochs, l2, val, rank, lr,
-                    batch_size, cache, standardize, seed, sklearn_estimator,
-                    solver, max_iter)  # fmt: skip
+        return _fit(None, data, paths, labels, options)
     if paths is None:
         raise InputError("fit_probes needs paths=, e.g. paths='encoder.layer.*'")
     with ActivationStream(model, paths, reduce=reduce) as stream:
-        return _fit(stream, data, paths, labels, kind, reduce, epochs, l2, val, rank, lr,
-                    batch_size, cache, standardize, seed, sklearn_estimator,
-                    solver, max_iter)  # fmt: skip
+        return _fit(stream, data, paths, labels, options)
 
 
-def _check_options(
-    kind: Any, epochs: int, l2: float, val: float, rank: int | None, lr: float, batch_size: int
-) -> bool:
-    sklearn_estimator = hasattr(kind, "fit") and hasattr(kind, "predict")
-    if not sklearn_estimator and kind not in KINDS:
-        raise InputError(
-            f"kind must be one of {KINDS} or a scikit-learn estimator (with fit and predict), "
-            f"got {kind!r}"
-        )
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise InputError(f"epochs must be a positive integer, got {epochs!r}")
-    if not (0 <= val < 1):
-        raise InputError(f"val is the held-out share of examples, in [0, 1), got {val!r}")
-    if l2 < 0 or lr <= 0 or batch_size < 1:
-        raise InputError(f"need l2 >= 0, lr > 0, batch_size >= 1; got {l2}, {lr}, {batch_size}")
-    if rank is not None and not (isinstance(rank, int) and rank >= 1):
-        raise InputError(f"rank must be a positive integer or None, got {rank!r}")
-    return sklearn_estimator
+@dataclass(frozen=True)
+class _Options:
+    """fit_probes's options, checked on construction."""
+
+    kind: Any
+    reduce: Reduce
+    epochs: int
+    l2: float
+    val: float
+    rank: int | None
+    lr: float
+    batch_size: int
+    solver: str
+    max_iter: int
+    cache: bool | str | Path
+    standardize: bool
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not self.sklearn and self.kind not in KINDS:
+            raise InputError(
+                f"kind must be one of {KINDS} or a scikit-learn estimator (with fit and "
+                f"predict), got {self.kind!r}"
+            )
+        check_reduce(self.reduce)
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise InputError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not (0 <= self.val < 1):
+            raise InputError(f"val is the held-out share of examples, in [0, 1), got {self.val!r}")
+        if self.l2 < 0 or self.lr <= 0 or self.batch_size < 1 or self.max_iter < 1:
+            raise InputError(
+                "need l2 >= 0, lr > 0, batch_size >= 1, max_iter >= 1; got "
+                f"{self.l2}, {self.lr}, {self.batch_size}, {self.max_iter}"
+            )
+        if self.rank is not None and not (isinstance(self.rank, int) and self.rank >= 1):
+            raise InputError(f"rank must be a positive integer or None, got {self.rank!r}")
+        if self.solver not in ("auto", "lbfgs", "adam"):
+            raise InputError(f"solver must be 'auto', 'lbfgs' or 'adam', got {self.solver!r}")
+
+    @property
+    def sklearn(self) -> bool:
+        return hasattr(self.kind, "fit") and hasattr(self.kind, "predict")
 
 
 def _fit(
-    stream: ActivationStream | None,
-    data: Any,
-    paths: Any,
-    labels: Any,
-    kind: Any,
-    reduce: Reduce,
-    epochs: int,
-    l2: float,
-    val: float,
-    rank: int | None,
-    lr: float,
-    batch_size: int,
-    cache: bool | str | Path,
-    standardize: bool,
-    seed: int,
-    sklearn_estimator: bool,
-    solver: str,
-    max_iter: int,
+    stream: ActivationStream | None, data: Any, paths: Any, labels: Any, options: _Options
 ) -> Probes:
-    if sklearn_estimator and cache is False:
-        cache = True  # scikit-learn needs every row at once
-    features = Features(
-        stream, data, labels=labels, batch_size=batch_size, cache=cache, paths=paths, reduce=reduce
-    )
+    # scikit-learn needs every row at once
+    cache = True if options.sklearn and options.cache is False else options.cache
+    features = Features(stream, data, labels=labels, batch_size=options.batch_size, cache=cache,
+                        paths=paths, reduce=options.reduce)  # fmt: skip
     moments = {name: Moments() for name in features.names}
     dtypes: dict[str, torch.dtype] = {}
     for feats in features.first_pass():
@@ -165,78 +168,70 @@ def _fit(
     if not isinstance(y, Tensor):
         raise InputTypeError(f"labels must give a tensor, got {type(y).__name__}")
     classification = not (y.is_floating_point() or y.is_complex())
-    if kind == "logistic" and not classification:
+    if options.kind == "logistic" and not classification:
         raise InputError(
             f"kind='logistic' needs integer class labels, got {y.dtype}; use kind='linear' to "
             "regress floating-point labels"
         )
-    if classification and kind == "linear":
+    if classification and options.kind == "linear":
         classification, y = False, y.double()
     if classification:
         y = y.long().reshape(-1)
-    generator = torch.Generator().manual_seed(seed)
-    n_val = round(val * features.n)
+    generator = torch.Generator().manual_seed(options.seed)
     train = torch.ones(features.n, dtype=torch.bool)
-    train[torch.randperm(features.n, generator=generator)[:n_val]] = False
-    n_train = int(train.sum())
-    outputs = _outputs(y, classification, n_train)
-    standard = {n: moments[n].standardizer(dtypes[n], standardize) for n in features.names}
-
+    train[torch.randperm(features.n, generator=generator)[: round(options.val * features.n)]] = 0
+    outputs = _outputs(y, classification, int(train.sum()))
+    standard = {
+        name: moments[name].standardizer(dtypes[name], options.standardize)
+        for name in features.names
+    }
     # on cached features every step is small: one thread (see threads_for); streamed passes
     # run the model, which keeps the user's thread setting
-    in_memory = features.full is not None
     size = sum(v.numel() for v in features.full.values()) if features.full is not None else 0
-    with threads_for(size) if in_memory else contextlib.nullcontext():
-        probes = _fit_and_score(
-            features, kind, y, train, standard, classification, sklearn_estimator, outputs, rank,
-            l2, solver, max_iter, lr, epochs, generator, seed,
-        )  # fmt: skip
+    with threads_for(size) if features.full is not None else contextlib.nullcontext():
+        if options.sklearn:
+            probes = _fit_sklearn(features, options.kind, y, train, standard)
+        else:
+            probes = _fit_linear(features, y, train, standard, classification, outputs, options,
+                                 generator)  # fmt: skip
     return Probes(probes, features.forward_passes, train)
 
 
-def _fit_and_score(
+def _fit_linear(
     features: Features,
-    kind: Any,
     y: Tensor,
     train: Tensor,
     standard: dict[str, tuple[Tensor, Tensor]],
     classification: bool,
-    sklearn_estimator: bool,
     outputs: int,
-    rank: int | None,
-    l2: float,
-    solver: str,
-    max_iter: int,
-    lr: float,
-    epochs: int,
+    options: _Options,
     generator: torch.Generator,
-    seed: int,
 ) -> dict[str, Probe]:
-    probes: dict[str, Probe] = {}
-    if sklearn_estimator:
-        probes = _fit_sklearn(features, kind, y, train, standard, classification)
+    """Logistic or ridge probes, then their scores."""
+    if options.kind == "linear":
+        weights = _fit_ridge(features, y, train, standard, options.l2, options.rank)
     else:
-        if kind == "linear":
-            weights = _fit_ridge(features, y, train, standard, l2, rank)
+        solver = options.solver
+        if solver == "auto":
+            solver = "lbfgs" if features.full is not None and options.rank is None else "adam"
+        if solver == "lbfgs" and features.full is None:
+            raise InputError(
+                "solver='lbfgs' fits on every row at once: use cache=True (features in "
+                "memory), or solver='adam' for streamed or memory-mapped features"
+            )
+        groups = head_groups(features.names, standard, outputs, options.rank, options.seed)
+        if solver == "lbfgs":
+            fit_lbfgs(groups, features, y, train, standard, options.l2, options.max_iter)
         else:
-            if solver == "auto":
-                solver = "lbfgs" if features.full is not None and rank is None else "adam"
-            if solver == "lbfgs" and features.full is None:
-                raise InputError(
-                    "solver='lbfgs' fits on every row at once: use cache=True (features in "
-                    "memory), or solver='adam' for streamed or memory-mapped features"
-                )
-            groups = head_groups(features.names, standard, outputs, rank, seed)
-            if solver == "lbfgs":
-                fit_lbfgs(groups, features, y, train, standard, l2, max_iter)
-            else:
-                fit_adam(groups, features, y, train, standard, l2, lr, epochs, generator)
-            weights = {name: w for group in groups for name, w in group.weights().items()}
-        for name in features.names:
-            mean, scale = standard[name]
-            weight, bias = weights[name]
-            probes[name] = Probe(name, kind, weight, bias, mean, scale, classification)
-        _score(features, probes, y, train, classification)
+            fit_adam(groups, features, y, train, standard, options.l2, options.lr,
+                     options.epochs, generator)  # fmt: skip
+        weights = {name: w for group in groups for name, w in group.weights().items()}
+    probes = {}
+    for name in features.names:
+        mean, scale = standard[name]
+        weight, bias = weights[name]
+        probes[name] = Probe(name, options.kind, weight, bias, mean, scale, classification)
+    _score(features, probes, y, train, classification)
     return probes
 
 
@@ -304,9 +299,9 @@ def _fit_sklearn(
     y: Tensor,
     train: Tensor,
     standard: dict[str, tuple[Tensor, Tensor]],
-    classification: bool,
 ) -> dict[str, Probe]:
-    from sklearn.base import clone, is_classifier
+    base = require("sklearn.base", "probing")
+    clone, is_classifier = base.clone, base.is_classifier
 
     classification = bool(is_classifier(estimator))
     probes = {}
