@@ -9,6 +9,7 @@ from torch import nn
 
 from tdlens import latent
 from tests.conftest import assert_untouched, model_state
+from tests.test_errors import Counting  # counts the forward passes of the wrapped model
 
 
 def planted(n=2000, dim=16, seed=0, margin=2.0):
@@ -32,19 +33,6 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
-
-
-class Counting(nn.Module):
-    """Counts the forward passes of the wrapped model."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        return self.inner(*args, **kwargs)
 
 
 def test_planted_feature_is_found_and_shuffled_labels_stay_at_chance():
