@@ -114,15 +114,17 @@ def reduce_activation(value: Tensor, reduce: Reduce, mask: Tensor | None, name: 
             f"{list(value.shape)}; use reduce='flatten' or a callable"
         )
     else:
-        use = mask is not None and mask.shape == value.shape[:2]
-        keep = mask.to(value.dtype) if use else torch.ones_like(value[..., 0])  # type: ignore[union-attr]
+        # the same position reductions as latent.cache (left or right padding alike)
+        from .cache import last_position, mean_over_positions
+
+        if mask is not None and mask.shape != value.shape[:2]:
+            mask = None  # a mask of other positions (e.g. a pooled input) says nothing here
         if reduce == "mean":
-            out = (value * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
+            out = mean_over_positions(value, mask)
         elif reduce == "first":
             out = value[:, 0]
         elif reduce == "last":
-            last = (keep.sum(1).long() - 1).clamp_min(0) if use else value.shape[1] - 1
-            out = value[torch.arange(value.shape[0]), last]
+            out = last_position(value, mask)
         else:
             raise InputError(f"reduce must be one of {REDUCTIONS} or a callable, got {reduce!r}")
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != value.shape[0]:
