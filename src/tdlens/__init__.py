@@ -48,6 +48,8 @@ _PUBLIC = {
     "KernelShap": "tdlens.attribution.perturbation",
     "Lime": "tdlens.attribution.perturbation",
     "Sobol": "tdlens.attribution.perturbation",
+    # dataset-scale attribution (issue 17)
+    "attribute_dataset": "tdlens.dataset.run",
     # relevance propagation and attention (issue 13)
     "LRP": "tdlens.attribution.lrp",
     "AttentionRollout": "tdlens.attribution.attention",
