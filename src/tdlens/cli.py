@@ -113,12 +113,18 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.n_examples > MAX_EXAMPLES:
         print(f"tdlens demo: --n-examples is at most {MAX_EXAMPLES}", file=sys.stderr)
         return 2
-    run_demo(
-        out_dir=args.out,
-        cache_dir=args.cache_dir,
-        n_examples=args.n_examples,
-        use_cache=not args.no_cache,
-    )
+    from tdlens.core.errors import TdlensError
+
+    try:
+        run_demo(
+            out_dir=args.out,
+            cache_dir=args.cache_dir,
+            n_examples=args.n_examples,
+            use_cache=not args.no_cache,
+        )
+    except TdlensError as error:
+        print(f"tdlens demo: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .core.errors import InputError
+
 __all__ = ["DemoConfig", "DemoResult", "DigitsCNN", "default_cache_dir", "run_demo"]
 
 _ARCH_VERSION = "digits-cnn-v1"
@@ -375,6 +377,19 @@ def _comparison_table(result: DemoResult) -> list[Any]:
     ]
 
 
+def check_folder(path: Path, option: str) -> None:
+    """Raise unless ``path`` is a folder or can be made one (no file on it or above it)."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is" if part == path else f"lies under {str(part)!r}, which is"
+                raise InputError(
+                    f"{option} {str(path)!r} {what} a file, not a folder; give a folder path "
+                    "(it is created if missing)"
+                )
+            return
+
+
 def run_demo(
     out_dir: str | os.PathLike[str] = "tdlens-demo",
     cache_dir: str | os.PathLike[str] | None = None,
@@ -406,8 +421,12 @@ def run_demo(
         raise ValueError(f"n_examples must be between 1 and {MAX_EXAMPLES}, got {n_examples}")
     say = log or (lambda _line: None)
     config = config or DemoConfig()
-    x_train, y_train, x_test, y_test = load_digits_data(config.seed, config.test_fraction)
     cache = Path(cache_dir or default_cache_dir()) if use_cache else None
+    # before any work: a path that cannot be a folder would fail only after the whole demo
+    check_folder(Path(out_dir), "out_dir")
+    if cache is not None:
+        check_folder(cache, "cache_dir")
+    x_train, y_train, x_test, y_test = load_digits_data(config.seed, config.test_fraction)
 
     with single_thread():  # restored on exit
         start = time.perf_counter()

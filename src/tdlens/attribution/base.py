@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from ..core.adapter import parse_layers
+from ..core.adapter import parse_layers, warn_if_training
 from ..core.errors import InputError, InputTypeError, format_keys
-from ..core.paths import ModulePath
+from ..core.paths import ModulePath, is_path_like
 from ..core.structure import InputBatch
 from ..core.targets import Target, normalize_targets
 
@@ -27,9 +28,37 @@ F = TypeVar("F", bound=Callable[..., Any])
 _CONSTRUCTOR_ONLY = ("layer", "output")
 
 
+_FLAG_ANNOTATIONS = ("bool", "bool | None", "Optional[bool]")
+
+
+def _flags(signature: inspect.Signature) -> tuple[dict[int, str], frozenset[str]]:
+    """The parameters annotated ``bool``: by position (``self`` is 0) and by name."""
+    names = [
+        name
+        for name, p in signature.parameters.items()
+        if p.annotation in _FLAG_ANNOTATIONS or p.annotation is bool
+    ]
+    order = list(signature.parameters)
+    return {order.index(n): n for n in names}, frozenset(names)
+
+
+def check_flags(
+    owner: str, flags: tuple[dict[int, str], frozenset[str]], args: tuple, kwargs: dict
+) -> None:
+    """Raise unless every flag given is a bool (or None): ``abs="no"`` or a stray object would
+    otherwise be read as true without a word."""
+    by_position, by_name = flags
+    given = [(by_position[i + 1], a) for i, a in enumerate(args) if i + 1 in by_position]
+    given += [(k, v) for k, v in kwargs.items() if k in by_name]
+    for name, value in given:
+        if value is not None and not isinstance(value, bool):
+            raise InputTypeError(f"{owner}: {name}= takes True or False, got {value!r}")
+
+
 def with_defaults(method: F) -> F:
     """Fill the arguments a call leaves out from the constructor's defaults."""
     signature = inspect.signature(method)
+    flags = _flags(signature)
 
     var_keyword = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
 
@@ -39,6 +68,8 @@ def with_defaults(method: F) -> F:
             bound = signature.bind_partial(self, *args, **kwargs).arguments
             given = set(bound).union(*(bound.get(name, {}) for name in var_keyword))
             kwargs.update({k: v for k, v in self.defaults.items() if k not in given})
+        if flags[1]:
+            check_flags(f"{type(self).__name__}.attribute", flags, args, kwargs)
         return method(self, *args, **kwargs)
 
     wrapper.__signature__ = signature  # type: ignore[attr-defined]
@@ -109,8 +140,10 @@ class Attribution:
         """The class name in words (``"KernelShap"`` -> ``"Kernel Shap"``), as captum's
         ``get_name`` gives it; progress bars use it."""
         name = cls.__name__
-        return "".join(" " + c if c.isupper() and i and name[i - 1].islower() else c
-                       for i, c in enumerate(name))
+        return "".join(
+            " " + c if c.isupper() and i and name[i - 1].islower() else c
+            for i, c in enumerate(name)
+        )
 
     def has_convergence_delta(self) -> bool:
         """Whether ``attribute`` can return a convergence delta
@@ -149,6 +182,24 @@ class Attribution:
         ``torch.futures.Future``, so only perturbation methods implement it."""
         raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Constructors check their bool flags (``multiply_by_inputs``...) like calls do."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_checks_flags", False):
+            return
+        flags = _flags(inspect.signature(init))
+        if not flags[1]:
+            return
+
+        @functools.wraps(init)
+        def checked(self: Attribution, *args: Any, **options: Any) -> None:
+            check_flags(type(self).__name__, flags, args, options)
+            init(self, *args, **options)
+
+        checked._checks_flags = True  # type: ignore[attr-defined]
+        cls.__init__ = checked  # type: ignore[method-assign]
+
     # -- shared steps --------------------------------------------------------------------------
     def _module(self) -> nn.Module:
         if not isinstance(self.model, nn.Module):
@@ -179,6 +230,8 @@ class Attribution:
             need_attributed=layer is None,
         )
         batch.check_finite()
+        batch.check_dtypes(self.model)
+        warn_if_training(self.model)
         output = output if output is not None else self.output
         target_list, multi = normalize_targets(target, targets, output, batch.batch_size)
         layers = parse_layers(self._module(), layer) if layer is not None else []
@@ -193,17 +246,26 @@ class Attribution:
                 result[key] = torch.zeros_like(x)
                 continue
             if not isinstance(base, Tensor):
+                if not isinstance(base, (int, float)) or not math.isfinite(base):
+                    raise InputError(
+                        f"baselines for input {key!r} must be a finite number or a tensor, got "
+                        f"{base!r}"
+                    )
                 result[key] = torch.full_like(x, float(base))
                 continue
-            try:
-                shape = torch.broadcast_shapes(base.shape, x.shape)
-            except RuntimeError:
-                shape = None
-            if shape != x.shape:
+            # captum's forms only: a looser broadcast would take [8, 8] or [1, 8, 8] for
+            # [B, 1, 8, 8] inputs, which are more often a mistake than a meant layout
+            if base.dim() != 0 and tuple(base.shape) not in (tuple(x.shape), (1, *x.shape[1:])):
                 raise InputError(
-                    f"baselines for input {key!r} have shape {list(base.shape)}, which does not "
-                    f"broadcast to the input's shape {list(x.shape)}; give a number, a tensor of "
-                    f"the input's shape, or one of shape {[1, *x.shape[1:]]}"
+                    f"baselines for input {key!r} have shape {list(base.shape)}, which is not a "
+                    f"form baselines take for the input's shape {list(x.shape)}: give a number, "
+                    f"a tensor of the input's shape, or one of shape {[1, *x.shape[1:]]} "
+                    "(shared by all examples)"
+                )
+            if base.is_floating_point() and not bool(torch.isfinite(base).all()):
+                raise InputError(
+                    f"baselines for input {key!r} contain NaN or inf; attributions from them "
+                    "would be NaN. Give finite baselines"
                 )
             result[key] = base.to(dtype=x.dtype, device=x.device).expand_as(x)
         return result
@@ -225,8 +287,8 @@ class Attribution:
             return batch.pack(per_site, extra_dims=int(multi))
         if (
             len(layers) == 1
-            and isinstance(layer_arg, (str, ModulePath))
-            and "*" not in str(layer_arg)
+            and is_path_like(layer_arg)
+            and not (isinstance(layer_arg, str) and "*" in layer_arg)
         ):
             return per_site[layers[0]]
         return {str(path): per_site[path] for path in layers}

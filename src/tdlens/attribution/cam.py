@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import InputError, InputTypeError
-from ..core.paths import ModulePath
+from ..core.paths import ModulePath, is_path_like
 from ..core.structure import InputBatch
 from .base import Attribution, layer_argument, layer_inputs, with_defaults
 from .engine import GradientEngine
@@ -94,6 +94,12 @@ class GradCam(Attribution):
                 cam = cam.sum(dim=1, keepdim=True)
             return F.relu(cam) if relu_attributions else cam
 
+        check_mode(interpolate_mode)
+        if upsample_to is None and interpolate_mode != "nearest":
+            raise InputError(
+                f"interpolate_mode={interpolate_mode!r} applies when the maps are upsampled: "
+                "pass upsample_to='input' or a size, or leave interpolate_mode out"
+            )
         with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
             maps = eng.accumulate(transform=transform)
         if upsample_to is not None:
@@ -133,7 +139,8 @@ class GuidedGradCam(Attribution):
         from .guided import GuidedBackprop
 
         layer = layer_argument(self, layer)
-        if layer is None or not isinstance(layer, (str, ModulePath)) or "*" in str(layer):
+        check_mode(interpolate_mode)
+        if not is_path_like(layer) or (isinstance(layer, str) and "*" in layer):
             raise InputError(
                 "GuidedGradCam needs one layer for its map: layer='<module path of a "
                 f"convolutional layer>' (got {layer!r})"
@@ -169,6 +176,23 @@ class GuidedGradCam(Attribution):
                 )
             result[key] = attr * upsample(maps, tuple(x.shape[2:]), interpolate_mode)
         return batch.pack(result, extra_dims=int(multi))
+
+
+INTERPOLATE_MODES = (
+    "nearest",
+    "nearest-exact",
+    "linear",
+    "bilinear",
+    "bicubic",
+    "trilinear",
+    "area",
+)
+
+
+def check_mode(mode: object) -> None:
+    """Raise unless ``mode`` is one of torch's interpolation modes."""
+    if mode not in INTERPOLATE_MODES:
+        raise InputError(f"interpolate_mode={mode!r} is not one of {INTERPOLATE_MODES}")
 
 
 def upsample(maps: Tensor, size: tuple[int, ...], mode: str) -> Tensor:

@@ -31,7 +31,7 @@ from ..core.structure import Key
 from .base import Attribution, layer_argument, layer_inputs, with_defaults
 from .engine import Chunk, GradientEngine, Site, along_path
 from .gradient import IntegratedGradients
-from .integration import quadrature
+from .integration import check_steps, quadrature
 
 
 class Conductance(Attribution):
@@ -96,6 +96,7 @@ class Conductance(Attribution):
             )
         if attribute_to_layer_input:
             layers = layer_inputs(layers)
+        check_steps(n_steps)  # n_steps + 1 points are used: 0 would pass the rule's own check
         base = self._baselines(batch, baselines)
         with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
             gap = None

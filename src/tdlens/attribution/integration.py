@@ -20,6 +20,12 @@ from ..core.errors import InputError
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
+def check_steps(n_steps: object) -> None:
+    """Raise unless ``n_steps`` is a positive int (the number of integration points)."""
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        raise InputError(f"n_steps must be a positive int, got {n_steps!r}")
+
+
 def quadrature(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     """``(alphas, weights)``, float64 tensors of length ``n_steps`` with ``weights.sum() == 1``.
 
@@ -29,8 +35,7 @@ def quadrature(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     """
     if method not in METHODS:
         raise InputError(f"method={method!r} is not an integration rule; use one of {METHODS}")
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise InputError(f"n_steps must be a positive int, got {n_steps!r}")
+    check_steps(n_steps)
     n = n_steps
     f64 = torch.float64
     if method == "gausslegendre":

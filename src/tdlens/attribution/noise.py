@@ -243,7 +243,9 @@ class NoiseTunnel(Attribution):
             kwargs.setdefault("generator", gen)
         target_list, multi = self._targets(batch, kwargs)
         drawn = _draw_baselines(kwargs, b, nt_samples, gen) if draw_baseline_from_distrib else None
-        noise = SampleNoise({k: batch.leaves[k] for k in batch.attributed}, noise_std, gen)
+        # detached: inputs that require grad (common captum usage) would make the noisy copies
+        # part of the user's graph, and writing into preallocated buffers is refused there
+        noise = SampleNoise({k: batch.leaves[k].detach() for k in batch.attributed}, noise_std, gen)
         sums: Any = None
         squares: Any = None
         deltas = []

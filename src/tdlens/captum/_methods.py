@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
 from ..attribution.base import Attribution
 from ..attribution.cam import GuidedGradCam
 from ..attribution.deeplift import DeepLift
@@ -117,5 +115,3 @@ def _by_name(method: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]
 
 def _wants_delta(method: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
     return bool(_by_name(method, args, kwargs).get("return_convergence_delta"))
-
-

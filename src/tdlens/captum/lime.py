@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..attribution.base import with_defaults
-from ..attribution.perturbation.base import PerturbationAttribution, PerturbationRun
+from ..attribution.perturbation.base import PerturbationAttribution
 from ..attribution.perturbation.linear import LinearModel
 from ..attribution.perturbation.surrogate import Lime as _Lime
 from ..core.errors import InputError, InputTypeError
@@ -341,7 +341,10 @@ class Lime(_Lime):
         coefs = []
         for example in range(b):
             rows = {k: v[example : example + 1] for k, v in batch.leaves.items() if k in base}
-            masks = {k: v[example : example + 1] if v.shape[0] > 1 else v for k, v in layout.masks.items()}
+            masks = {
+                k: v[example : example + 1] if v.shape[0] > 1 else v
+                for k, v in layout.masks.items()
+            }
             extra = _example_args(additional_forward_args, example, b)
             coef = engine.attribute(
                 _one_example(rows, single),
@@ -350,7 +353,9 @@ class Lime(_Lime):
                 n_samples=n_samples,
                 perturbations_per_eval=perturbations_per_eval,
                 show_progress=show_progress,
-                baselines=_one_example({k: v[example : example + 1] for k, v in base.items()}, single),
+                baselines=_one_example(
+                    {k: v[example : example + 1] for k, v in base.items()}, single
+                ),
                 feature_mask=_one_example(masks, single),
                 num_interp_features=m,
             )

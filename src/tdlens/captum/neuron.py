@@ -26,9 +26,7 @@ from .layer import check_captum_only, module_path
 
 def neuron_target(selector: Any) -> Any:
     """captum's ``neuron_selector`` as a tdlens target on the layer's activation."""
-    if isinstance(selector, bool) or not (
-        isinstance(selector, (int, tuple)) or callable(selector)
-    ):
+    if isinstance(selector, bool) or not (isinstance(selector, (int, tuple)) or callable(selector)):
         raise InputTypeError(
             f"neuron_selector must be an int, a tuple of ints and slices, or a callable "
             f"activation -> [B]; got {type(selector).__name__}"

@@ -11,16 +11,18 @@ them are computed.
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError, InputTypeError
+from .errors import InputError, InputTypeError, TrainModeWarning
 from .hooks import HookSet
 from .outputs import read_output
-from .paths import ModulePath, parse_path, resolve_paths
+from .paths import ModulePath, resolve_paths
 from .structure import InputBatch, Key
 from .targets import Target, predicted, select
 
@@ -36,7 +38,7 @@ def output_spec(model: nn.Module | Callable[..., Any], output: Any) -> OutputSpe
     """Whether ``output`` names an entry of the model's output or a module path."""
     if output is None or isinstance(output, (int, tuple)) or not isinstance(model, nn.Module):
         return ("model", output)
-    if isinstance(output, ModulePath):
+    if isinstance(output, (ModulePath, nn.Module)):
         return ("module", resolve_paths(model, output)[0])
     if isinstance(output, str):
         names = {name for name, _ in model.named_modules()}
@@ -286,10 +288,51 @@ class _TrainingBuffers:
         self.saved = []
 
 
+_TRAIN_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def warn_if_training(model: Any) -> None:
+    """Warn when ``model`` is in training mode with dropout or batch norm inside: captum users
+    forget ``model.eval()`` more than anything else, and the attributions are then noisy
+    (random dropout masks) or depend on the batch (batch statistics), without any error."""
+    if not isinstance(model, nn.Module) or not model.training:
+        return
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, _TRAIN_SENSITIVE):
+            effect = (
+                "drops random units on every forward pass: attributions will be noisy"
+                if isinstance(module, nn.modules.dropout._DropoutNd)
+                else "normalises with the statistics of each forward batch: attributions will "
+                "depend on the other rows"
+            )
+            warnings.warn(
+                f"the model is in training mode, where {type(module).__name__} "
+                f"{name or '(the model)'!r} {effect}. Call model.eval() first (tdlens leaves "
+                "the mode as it is)",
+                TrainModeWarning,
+                stacklevel=_user_stacklevel(),
+            )
+            return
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside tdlens: a warning is then reported (and
+    filtered) at the user's line, once per line of user code, not once per process."""
+    frame, level = sys._getframe(2), 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("tdlens"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def parse_layers(model: nn.Module, layer: Any) -> list[ModulePath]:
     """``layer=`` as a list of resolved paths (a string, a list of strings, globs)."""
     if layer is None:
         return []
-    if isinstance(layer, (str, ModulePath)):
-        return resolve_paths(model, parse_path(layer))
+    if isinstance(layer, (str, ModulePath, nn.Module)):
+        return resolve_paths(model, layer)
+    if not isinstance(layer, (list, tuple)):
+        raise InputTypeError(
+            f"layer= takes a module path (e.g. 'encoder.layer.0'), a submodule object or a "
+            f"list of them, got {type(layer).__name__}"
+        )
     return resolve_paths(model, list(layer))

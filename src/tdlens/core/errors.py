@@ -34,6 +34,11 @@ class TargetError(TdlensError, ValueError):
     """A target does not select one scalar per example of the explained output."""
 
 
+class TrainModeWarning(UserWarning):
+    """The model is in training mode with modules that behave differently there (dropout,
+    batch norm): attributions would be noisy or depend on the batch."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates nearest to ``name``: close spellings first, then shared prefixes."""
     candidates = list(candidates)

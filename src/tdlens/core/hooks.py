@@ -189,6 +189,8 @@ class Scope:
 
             def replace(current: Any, path: ModulePath = path) -> Any:
                 new = value(current) if callable(value) else value
+                if isinstance(current, Tensor) and not isinstance(new, Tensor):
+                    new = _as_tensor(new, current, path)
                 if isinstance(current, Tensor) and isinstance(new, Tensor):
                     try:
                         torch.broadcast_shapes(new.shape, current.shape)
@@ -218,12 +220,33 @@ class Scope:
         for key, values in self._values.items():
             if not values:
                 continue
-            td.set(key, torch.stack(values) if self._accumulate.get(key) else values[-1])
+            if self._accumulate.get(key):
+                shapes = {tuple(v.shape) for v in values}
+                if len(shapes) > 1:
+                    raise InputError(
+                        f"get({key!r}, accumulate=True) stacks the runs along a new first "
+                        f"dimension, but they have different shapes {sorted(map(list, shapes))} "
+                        "(different batch sizes?); run batches of one size, or call "
+                        "scope.clear() between batches and read scope.cache after each"
+                    )
+                td.set(key, torch.stack(values))
+            else:
+                td.set(key, values[-1])
         return td
 
     def clear(self) -> None:
         """Forget what was captured so far."""
         self._values.clear()
+
+
+def _as_tensor(new: Any, current: Tensor, path: ModulePath) -> Tensor:
+    """A number or array-like set() value as a tensor like the activation it replaces."""
+    if isinstance(new, (int, float)) or hasattr(new, "__array__"):
+        return torch.as_tensor(new, dtype=current.dtype, device=current.device)
+    raise InputTypeError(
+        f"set({str(path)!r}): the new value is {type(new).__name__}; give a tensor, a number, or "
+        "a function returning a tensor"
+    )
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import InputTypeError, KeyNotFoundError, format_keys
+from .errors import InputError, InputTypeError, KeyNotFoundError, format_keys
 from .lazy import is_tensordict
 from .paths import describe
 
@@ -64,7 +64,16 @@ def _default_entry(output: Any, model: Any) -> Any:
     if isinstance(output, (tuple, list)):
         if not output:
             raise InputTypeError("the model returned an empty sequence: nothing to explain")
-        return output[0]
+        first = output[0]
+        if len(output) > 1 and isinstance(first, Tensor) and first.dim() == 0:
+            # (loss, logits): entry 0 is one number for the batch, never what a user means
+            raise InputError(
+                f"the model returns a {type(output).__name__} of {len(output)} entries "
+                f"({', '.join(describe(v) for v in output)}) and entry 0, explained by "
+                "default, is a single number (a loss?); pick the entry to explain with "
+                "output=<index>, e.g. output=1"
+            )
+        return first
     return output
 
 

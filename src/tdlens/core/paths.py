@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import InputError, KeyNotFoundError, closest, format_keys
+from .errors import InputError, InputTypeError, KeyNotFoundError, closest, format_keys
 
 Selector = tuple[int | str, ...]
 _SELECTOR = re.compile(r"\[([^\[\]]+)\]")
@@ -52,7 +52,10 @@ def parse_path(text: str | ModulePath) -> ModulePath:
     if isinstance(text, ModulePath):
         return text
     if not isinstance(text, str):
-        raise InputError(f"a module path is a string such as 'encoder.layer.0', got {text!r}")
+        raise InputTypeError(
+            f"a module path is a string such as 'encoder.layer.0', got {type(text).__name__} "
+            f"{text!r}"
+        )
     head, _, rest = text.partition("[")
     selector_text = "[" + rest if rest else ""
     module, _, site = head.partition(":")
@@ -77,20 +80,27 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def resolve_paths(
-    model: nn.Module, paths: str | ModulePath | Iterable[str | ModulePath]
+    model: nn.Module,
+    paths: str | ModulePath | nn.Module | Iterable[str | ModulePath | nn.Module],
 ) -> list[ModulePath]:
     """Parse paths and expand globs against ``model.named_modules()``, in module order.
+    A submodule object (``model.conv2``, as captum users write ``layer=``) stands for its path.
 
     Raises:
         KeyNotFoundError: a path or pattern matches no module; the message lists the closest.
     """
-    if isinstance(paths, (str, ModulePath)):
+    if isinstance(paths, (str, ModulePath, nn.Module)):
         paths = [paths]
+    elif not isinstance(paths, (list, tuple, set, frozenset)):
+        raise InputTypeError(
+            f"a module path is a string such as 'encoder.layer.0' (or a submodule object, or a "
+            f"list of them), got {type(paths).__name__} {paths!r}"
+        )
     names = [name for name, _ in model.named_modules()]
     known = set(names)
     resolved: list[ModulePath] = []
     for raw in paths:
-        path = parse_path(raw)
+        path = module_path(model, raw) if isinstance(raw, nn.Module) else parse_path(raw)
         if path.is_glob:
             regex = _glob_regex(path.module)
             matches = [n for n in names[1:] if regex.match(n)]  # never the root itself
@@ -113,6 +123,23 @@ def resolve_paths(
         else:
             resolved.append(path)
     return resolved
+
+
+def module_path(model: nn.Module, module: nn.Module) -> ModulePath:
+    """The path of the submodule object ``module`` inside ``model`` (its first name)."""
+    for name, candidate in model.named_modules(remove_duplicate=False):
+        if candidate is module:
+            return ModulePath(name)
+    raise KeyNotFoundError(
+        f"the module object {type(module).__name__} is not a submodule of "
+        f"{type(model).__name__}; pass one of its submodules or a path such as "
+        f"{format_keys([n for n, _ in model.named_modules()][1:], 8)}"
+    )
+
+
+def is_path_like(value: Any) -> bool:
+    """Whether ``value`` names one module: a path string, a ModulePath or a module object."""
+    return isinstance(value, (str, ModulePath, nn.Module))
 
 
 def get_module(model: nn.Module, path: ModulePath) -> nn.Module:

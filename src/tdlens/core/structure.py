@@ -107,6 +107,13 @@ class InputBatch:
             keys = []
         attributed = cls._attributed_keys(kind, leaves, keys, require_float)
         batch_size = cls._batch_size(inputs, kind, leaves, attributed)
+        if batch_size == 0:
+            # decided once for every entry point: an error, not an empty result, since an
+            # empty batch is almost always a bug upstream (an exhausted or filtered loader)
+            raise InputError(
+                "inputs hold an empty batch (first dimension 0): there is nothing to attribute. "
+                "Skip empty batches before the call (e.g. `if x.shape[0]: ...`)"
+            )
         td_shape = inputs.batch_size if kind == "tensordict" else None
         batch = cls(kind, leaves, attributed, batch_size, td_shape, n_positional)
         batch._single = kind == "tensor" or (  # type: ignore[attr-defined]
@@ -120,6 +127,14 @@ class InputBatch:
     ) -> list[Key]:
         if keys is None:
             chosen = [k for k, v in leaves.items() if _is_float(v)]
+            if not chosen and not require_float:
+                # perturbation methods need no gradient: integer or boolean inputs (categorical
+                # features) are attributed by replacing or permuting their values
+                chosen = [
+                    k
+                    for k, v in leaves.items()
+                    if isinstance(v, Tensor) and v.dim() and not v.is_complex()
+                ]
             if not chosen:
                 raise InputError(
                     f"no floating-point input to attribute: the inputs are "
@@ -196,6 +211,21 @@ class InputBatch:
                     f"input {key!r} contains {what} ({int(bad.sum())} entries, in examples "
                     f"{rows[:10]}); attributions of such inputs are {what} too. Clean or mask "
                     "them before attributing"
+                )
+
+    def check_dtypes(self, model: Any) -> None:
+        """Raise if a floating-point attributed input has another dtype than the model's
+        parameters (torch's own error names neither the input nor the fix)."""
+        expected = _parameter_dtype(model)
+        if expected is None:
+            return
+        for key in self.attributed:
+            value = self.leaves[key]
+            if value.is_floating_point() and value.dtype != expected:
+                raise InputTypeError(
+                    f"input {key!r} has dtype {value.dtype} but the model's parameters are "
+                    f"{expected}; tdlens does not cast inputs silently. Cast the input "
+                    f"(x.to({expected})) or the model (model.to({value.dtype}))"
                 )
 
     # -- per-key values ------------------------------------------------------------------------
@@ -336,6 +366,14 @@ def _tensordict_leaves(td: Any) -> dict[Key, Any]:
         value = td.get(key)
         leaves[key] = value if isinstance(value, Tensor) else td.get_non_tensor(key)
     return leaves
+
+
+def _parameter_dtype(model: Any) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (None: no such parameter)."""
+    parameters = getattr(model, "parameters", None)
+    if not isinstance(model, torch.nn.Module) or parameters is None:
+        return None
+    return next((p.dtype for p in parameters() if p.is_floating_point()), None)
 
 
 def _is_float(value: Any) -> bool:

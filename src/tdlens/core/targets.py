@@ -119,6 +119,12 @@ def select(
             function making them (called only for per-example targets).
         name: the output's name for error messages.
     """
+    if values.dim() == 0:
+        raise TargetError(
+            f"output {name} is a single number (0-d) for the whole forward call, not one value "
+            "per example: return [B] or [B, ...] from the model, or pick another entry with "
+            "output="
+        )
     n = values.shape[0]
     if type(index) is int and values.dim() == 2 and -values.shape[1] <= index < values.shape[1]:
         return values[:, index]  # the common case, without the general checks

@@ -288,6 +288,14 @@ def align_attributions(
             )
         if not attr.is_floating_point():
             shaped = shaped.to(torch.get_default_dtype())
+        elif not bool(torch.isfinite(attr).all()):
+            bad = ~torch.isfinite(attr)
+            what = "NaN" if bool(torch.isnan(attr).any()) else "inf"
+            raise InputError(
+                f"attributions for input {key!r} contain {what} ({int(bad.sum())} entries); "
+                f"every score of them would be {what}. Check the method that produced them "
+                "(NaN baselines or inputs, a model that returns NaN)"
+            )
         result[key] = shaped.expand(full)
     return result
 

@@ -30,7 +30,7 @@ from .fidelity import mu_fidelity
 from .infidelity import infidelity
 from .perturbations import gaussian_noise
 from .road import road
-from .sensitivity import sensitivity_max
+from .sensitivity import explanation_function, sensitivity_max
 
 # name -> (whether higher is better); see _run_metric for how each is called.
 METRICS = {
@@ -138,6 +138,11 @@ def compare(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; the metrics are {list(METRICS)}")
+    if not isinstance(methods, Mapping):
+        raise InputTypeError(
+            f"methods= takes a dict of name -> method, e.g. {{'ig': IntegratedGradients(model)}}"
+            f", got {type(methods).__name__}"
+        )
     if not methods:
         raise InputError(
             "methods= is empty: give {name: method}, e.g. {'ig': IntegratedGradients(m)}"
@@ -156,7 +161,7 @@ def compare(
     chosen = {"target": target} if targets is None else {"targets": targets}
     table = Comparison(metrics)
     for name, method in methods.items():
-        explain = method.attribute if hasattr(method, "attribute") else method
+        explain = explanation_function(method, f"method {name!r}")
         if not callable(explain):
             raise InputTypeError(f"method {name!r} is neither callable nor has .attribute")
         explain_options = {**chosen, **per_method.get(name, {})}

@@ -62,9 +62,12 @@ def sensitivity_max(
         >>> ig = tdlens.IntegratedGradients(model)
         >>> tdlens.metrics.sensitivity_max(ig.attribute, x, target=3, n_steps=16)   # [B]
     """
-    explain = (
-        explanation_func.attribute if hasattr(explanation_func, "attribute") else explanation_func
-    )
+    explain = explanation_function(explanation_func, "explanation_func")
+    if kwargs.get("return_convergence_delta"):
+        raise InputError(
+            "sensitivity_max compares explanations, and with return_convergence_delta=True "
+            "explanation_func returns a pair (attributions, delta): leave it out"
+        )
     if not callable(explain):
         raise InputTypeError(
             f"explanation_func must be callable, e.g. tdlens.Saliency(model).attribute, got "
@@ -102,6 +105,23 @@ def sensitivity_max(
             worst = chunk_max if worst is None else torch.maximum(worst, chunk_max)
     assert worst is not None
     return worst
+
+
+def explanation_function(method: Any, name: str) -> Any:
+    """``method.attribute`` for a method object, the function itself otherwise; a model or a
+    method class in its place is refused with the fix (they are callable, and would otherwise
+    fail deep inside)."""
+    if isinstance(method, type):
+        raise InputTypeError(
+            f"{name} is the class {method.__name__}; give an instance's attribute function, "
+            f"e.g. {method.__name__}(model).attribute"
+        )
+    if isinstance(method, torch.nn.Module):
+        raise InputTypeError(
+            f"{name} is a model ({type(method).__name__}); give an explanation function, e.g. "
+            "tdlens.Saliency(model).attribute, and pass the model to the method"
+        )
+    return method.attribute if hasattr(method, "attribute") else method
 
 
 def _vector_ord(norm_ord: Any) -> float:

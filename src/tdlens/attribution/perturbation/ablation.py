@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...core.errors import InputError
 from ...core.structure import Key
 from ..base import with_defaults
 from ..engine import whole_samples
@@ -134,7 +135,7 @@ class Occlusion(PerturbationAttribution):
                 out[key] = torch.where(window, base.index_select(0, rows), x.index_select(0, rows))
             return out
 
-        full, scores = run.evaluate(Perturbations(start, build))
+        full, scores = run.evaluate(Perturbations(start, build, shared=True))
         drop = (full.unsqueeze(1) - scores).transpose(1, 2)  # [B, K, windows]
         per_key = {
             key: grid.mean_over_windows(drop[:, :, offsets[key] : offsets[key] + grid.n_windows])
@@ -205,6 +206,12 @@ class FeaturePermutation(PerturbationAttribution):
         )
         layout = FeatureLayout.build(run.batch, feature_mask)
         m, b = layout.n_features, run.batch.batch_size
+        if b < 2:
+            raise InputError(
+                f"FeaturePermutation shuffles each feature across the examples of the batch, "
+                f"and a batch of {b} has nothing to shuffle with (every attribution would be "
+                "0); pass a batch of several examples, or use FeatureAblation with baselines"
+            )
         inputs_ = {k: run.batch.leaves[k] for k in run.batch.attributed}
         if self.perm_func is None:
             perms = run.rand(m, b).argsort(dim=1).to(run.device)
@@ -218,7 +225,15 @@ class FeaturePermutation(PerturbationAttribution):
                 cache[feature] = {}
                 for key, mask in layout.masks.items():
                     selected = (mask == feature).to(inputs_[key].device)
-                    cache[feature][key] = self.perm_func(inputs_[key], selected)  # type: ignore[misc]
+                    moved = self.perm_func(inputs_[key], selected)  # type: ignore[misc]
+                    if not isinstance(moved, Tensor) or moved.shape != inputs_[key].shape:
+                        got = list(moved.shape) if isinstance(moved, Tensor) else type(moved)
+                        raise InputError(
+                            f"perm_func returned {got} for input {key!r} of shape "
+                            f"{list(inputs_[key].shape)}; it must return a tensor of the "
+                            "input's shape (the batch with the feature's positions permuted)"
+                        )
+                    cache[feature][key] = moved
             return cache[feature]
 
         def build(samples: Tensor, examples: Tensor) -> dict[Key, Tensor]:
@@ -240,6 +255,6 @@ class FeaturePermutation(PerturbationAttribution):
                 result[key] = torch.where(sel.to(x.device), other, own)
             return result
 
-        full, scores = run.evaluate(Perturbations(m, build))
+        full, scores = run.evaluate(Perturbations(m, build, shared=layout.shared))
         drop = full.unsqueeze(1) - scores
         return run.finish(layout.spread(drop.transpose(1, 2)))

@@ -55,6 +55,10 @@ class Perturbations:
 
     n_samples: int
     build: Build
+    shared: bool = False
+    """Whether sample ``s`` perturbs every example the same way (one mask or window for the
+    whole batch): only such samples can be scored by a model that returns one value for the
+    whole batch (captum's aggregated output)."""
 
 
 def masked(
@@ -75,7 +79,7 @@ def masked(
         rows = coalitions[examples.to(coalitions.device), s] if per_example else coalitions[s]
         return layout.apply(rows, examples, inputs, run.baselines)
 
-    return Perturbations(n_samples, build)
+    return Perturbations(n_samples, build, shared=not per_example and layout.shared)
 
 
 class PerturbationRun:
@@ -109,6 +113,8 @@ class PerturbationRun:
         self.show_progress = show_progress
         self.name = name
         self.forward_passes = 0
+        self.chunk_rows_given = rows_per_forward is not None
+        self.aggregated = False  # the model returns one value per forward call (captum's agg)
 
     @property
     def device(self) -> torch.device:
@@ -134,6 +140,9 @@ class PerturbationRun:
                 values = self._values(rows, examples, perturbations)
                 explained, _ = adapter.run(values)
                 self.forward_passes += 1
+                if any(e.dim() == 0 or e.shape[0] != rows.shape[0] for e in explained):
+                    # one value for the whole forward call: score each sample by its own call
+                    return self._evaluate_aggregated(adapter, perturbations, explained)
                 originals = int((rows < b).sum())
                 if originals:  # rows come in order: the B original inputs run first
                     adapter.learn_predictions([e[:originals] for e in explained], rows[:originals])
@@ -144,6 +153,53 @@ class PerturbationRun:
         assert scores is not None
         k = scores.shape[1]
         return scores[:b], scores[b:].reshape(s_count, b, k).transpose(0, 1)
+
+    def _evaluate_aggregated(
+        self, adapter: ModelAdapter, perturbations: Perturbations, first: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """captum's semantics for a model whose output is aggregated over the batch (a scalar
+        or ``[1]`` per call, e.g. a loss): one forward call per sample, all B examples
+        perturbed alike, and the sample's score is the call's value for every example. The
+        result is then one attribution for the batch (``[1, ...]``, :meth:`finish`)."""
+        b, s_count = self.batch.batch_size, perturbations.n_samples
+        shapes = [list(e.shape) for e in first]
+        if any(e.numel() != 1 for e in first):
+            raise InputError(
+                f"the model returned output(s) of shape {shapes} for a forward call on "
+                f"{min(b * (1 + s_count), self.rows_per_forward)} rows: neither one value per "
+                "row nor one value for the whole call. Return [N, ...] for N rows, or one "
+                "scalar for the batch"
+            )
+        if self.chunk_rows_given:
+            raise InputError(
+                f"the model returns one value for the whole batch (shape {shapes[0]}), so every "
+                "perturbation needs its own forward call: leave perturbations_per_eval=1 and "
+                "internal_batch_size unset"
+            )
+        if not perturbations.shared:
+            raise InputError(
+                f"the model returns one value for the whole batch (shape {shapes[0]}), but "
+                f"{self.name} perturbs each example differently here (per-example feature "
+                "masks or random coalitions), so no forward call scores one perturbation: "
+                "use a feature_mask with first dimension 1 with FeatureAblation, Occlusion, "
+                "FeaturePermutation or ShapleyValues(Sampling), or return one value per example"
+            )
+        if any(t.index is not None for t in self.targets) or self.multi:
+            raise InputError(
+                f"the model returns one value for the whole batch (shape {shapes[0]}): there is "
+                "nothing for target= / targets= to pick; leave them unset"
+            )
+        self.aggregated = True
+        scores = torch.empty(1 + s_count, len(self.targets), dtype=first[0].dtype)
+        examples = torch.arange(b)
+        for sample in range(-1, s_count):
+            rows = examples + (sample + 1) * b
+            values = self._values(rows, examples, perturbations)
+            explained, _ = adapter.run(values)
+            self.forward_passes += 1
+            scores[sample + 1] = torch.stack([e.detach().reshape(()) for e in explained]).cpu()
+        full = scores[0].expand(b, -1)
+        return full, scores[1:].unsqueeze(0).expand(b, -1, -1)
 
     def _values(self, rows: Tensor, examples: Tensor, perturbations: Perturbations) -> dict:
         """Model inputs of a chunk of rows (increasing): the original examples among them
@@ -179,7 +235,9 @@ class PerturbationRun:
             return
         for done, item in enumerate(items, 1):  # a plain counter when tqdm is not installed
             yield item
-            print(f"\r{self.name} attribution: {done}/{count} forward passes", end="", file=sys.stderr)
+            print(
+                f"\r{self.name} attribution: {done}/{count} forward passes", end="", file=sys.stderr
+            )
         print(file=sys.stderr)
 
     # -- helpers for samplers ------------------------------------------------------------------
@@ -205,6 +263,8 @@ class PerturbationRun:
         """``{key: [B, K, *shape]}`` in the user's input structure (K dropped for one target)."""
         if not self.multi:
             per_key = {key: value[:, 0] for key, value in per_key.items()}
+        if self.aggregated:  # one attribution for the whole batch, as captum returns it
+            per_key = {key: value[:1] for key, value in per_key.items()}
         return self.batch.pack(per_key, extra_dims=int(self.multi))
 
 
@@ -227,6 +287,17 @@ class PerturbationAttribution(Attribution):
         future: torch.futures.Future = torch.futures.Future()
         future.set_result(resolved.attribute(*args, **kwargs))
         return future
+
+    def __init__(self, model: Any, *, layer: Any = None, output: Any = None, **defaults: Any):
+        if layer is not None:
+            # accepted and ignored, it would return input attributions under a layer's name
+            raise InputError(
+                f"{type(self).__name__} perturbs the model inputs and takes no layer=; to "
+                "attribute a layer's activation use a gradient method with layer= (e.g. "
+                "tdlens.IntegratedGradients(model, layer=...)), or put the layer's input "
+                "through the model as an input"
+            )
+        super().__init__(model, output=output, **defaults)
 
     def _start(
         self,

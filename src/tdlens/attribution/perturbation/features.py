@@ -26,9 +26,17 @@ class FeatureLayout:
         n_features: M, one more than the largest id.
     """
 
-    def __init__(self, masks: dict[Key, Tensor], n_features: int) -> None:
+    def __init__(
+        self, masks: dict[Key, Tensor], n_features: int, ids: Tensor | None = None
+    ) -> None:
         self.masks = masks
         self.n_features = n_features
+        self.ids = ids  # the user's feature ids when they had gaps (renumbered 0..M-1)
+
+    @property
+    def shared(self) -> bool:
+        """Whether every example has the same feature ids (masks with one row)."""
+        return all(mask.shape[0] == 1 for mask in self.masks.values())
 
     @classmethod
     def build(cls, batch: InputBatch, feature_mask: Any) -> FeatureLayout:
@@ -51,7 +59,25 @@ class FeatureLayout:
                 f"feature_mask holds the negative id {low}; feature ids are integers 0..M-1"
             )
         n_features = max(int(m.max()) for m in masks.values() if m.numel()) + 1
-        return cls(masks, n_features)
+        ids = torch.unique(torch.cat([m.reshape(-1).cpu() for m in masks.values()]))
+        if ids.numel() == n_features:
+            return cls(masks, n_features)
+        # ids with gaps (0, 2, 4...): an id no position carries is not a feature, and would
+        # count in the samplers of KernelShap, Lime and Shapley sampling as one
+        masks = {
+            key: torch.searchsorted(ids.to(mask.device), mask.contiguous())
+            for key, mask in masks.items()
+        }
+        return cls(masks, int(ids.numel()), ids)
+
+    def per_id(self, per_feature: Tensor) -> Tensor:
+        """``[..., M]`` feature scores laid out by the user's ids (``[..., max id + 1]``, 0 for
+        ids no position carries)."""
+        if self.ids is None:
+            return per_feature
+        out = per_feature.new_zeros((*per_feature.shape[:-1], int(self.ids[-1]) + 1))
+        out[..., self.ids.to(per_feature.device)] = per_feature
+        return out
 
     # -- coalitions to inputs ------------------------------------------------------------------
     def present(self, coalitions: Tensor, examples: Tensor) -> dict[Key, Tensor]:

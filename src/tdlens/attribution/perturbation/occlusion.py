@@ -47,7 +47,8 @@ class WindowGrid:
         for key in batch.attributed:
             shape = tuple(batch.leaves[key].shape[1:])
             window = _as_dims(window_per_key[key], shape, key, "sliding_window_shapes")
-            stride = _as_dims(stride_per_key[key] or 1, shape, key, "strides")
+            given = stride_per_key[key]
+            stride = _as_dims(1 if given is None else given, shape, key, "strides")
             if any(w > size for w, size in zip(window, shape)):
                 raise InputError(
                     f"the sliding window {window} is larger than input {key!r}, whose shape "
@@ -77,6 +78,8 @@ class WindowGrid:
             coords.append(rest % count)
             rest = rest // count
         coords.reverse()
+        if not coords:  # 0-d values per example: the one window covers the one position
+            return torch.ones(windows.shape[0], dtype=torch.bool)
         mask = None
         for d, coord in enumerate(coords):
             along = self.indicators[d][coord]  # [N, shape[d]]
@@ -104,14 +107,19 @@ def _per_key(batch: InputBatch, value: Any, name: str, allow_none: bool) -> dict
         if not allow_none:
             raise InputError(f"{name} is required")
         return dict.fromkeys(batch.attributed)
+    n = len(batch.attributed)
+    if isinstance(value, (tuple, list)) and n > 1 and len(value) == n:
+        # captum's form for a tuple of inputs: one entry (an int or a tuple) per input
+        return dict(zip(batch.attributed, value))
     if isinstance(value, int) or (
         isinstance(value, tuple) and all(isinstance(v, int) for v in value)
     ):
         return dict.fromkeys(batch.attributed, value)
     if isinstance(value, dict):
+        missing = [k for k in batch.attributed if k not in value]
+        if missing:
+            raise InputError(f"{name} has no entry for input(s) {missing}")
         return {k: value[k] for k in batch.attributed}
-    if isinstance(value, (tuple, list)) and len(value) == len(batch.attributed):
-        return dict(zip(batch.attributed, value))
     raise InputTypeError(
         f"{name} must be a tuple of ints (one input) or one entry per attributed input "
         f"({len(batch.attributed)}), got {value!r}"
@@ -119,9 +127,16 @@ def _per_key(batch: InputBatch, value: Any, name: str, allow_none: bool) -> dict
 
 
 def _as_dims(value: Any, shape: tuple[int, ...], key: Key, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value,) * len(shape)
-    value = tuple(int(v) for v in value)
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise InputTypeError(
+            f"{name} for input {key!r} must be an int or a tuple of ints (one per dimension "
+            f"after the batch, shape {shape}), got {value!r}"
+        )
+    value = tuple(value)
     if len(value) != len(shape):
         raise InputError(
             f"{name} {value} has {len(value)} dimensions but input {key!r} has "

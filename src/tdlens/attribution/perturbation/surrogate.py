@@ -100,6 +100,7 @@ class _Surrogate(PerturbationAttribution):
         """``phi [B, K, M]`` spread over the inputs, or as ``[B, (K,) M]`` per feature."""
         if return_input_shape:
             return run.finish(layout.spread(phi))
+        phi = layout.per_id(phi)
         return phi if run.multi else phi[:, 0]
 
 
@@ -173,6 +174,9 @@ class KernelShap(_Surrogate):
                 * (m - size)
             )
             drawn = proper.unsqueeze(0).expand(b, -1, -1)
+        elif m == 1:  # one feature takes all of f(x) - f(baseline): nothing to sample
+            drawn = torch.zeros(b, 0, 1, dtype=torch.bool, device=run.device)
+            sample_weight = torch.ones(0, dtype=torch.float64)
         else:
             drawn = shapley_kernel_coalitions(run, n_samples - 1, m).to(run.device)
             sample_weight = torch.ones(drawn.shape[1], dtype=torch.float64)

@@ -117,7 +117,7 @@ NEURON_CASES = [
 @pytest.mark.parametrize("selector", [3, (1,), lambda out: out[:, 2] * 1.0])
 def test_neuron_alias_matches_captum(net, x, name, kwargs, selector):
     before = model_state(net)
-    layer = net.fc2 if name != "NeuronConductance" else net.fc2
+    layer = net.fc2
     ours = getattr(attr, name)(net, layer).attribute(x, selector, **kwargs)
     theirs = getattr(captum_attr, name)(net, layer).attribute(x, selector, **kwargs)
     _close(ours, theirs)

@@ -54,7 +54,7 @@ def test_outlier_percent_and_colorbar(attr_image):
 def test_multiple_matches_captum(attr_image):
     attr, image = attr_image
     methods, signs = ["original_image", "heat_map", "blended_heat_map"], ["all", "positive", "all"]
-    fig, axes = viz.visualize_image_attr_multiple(attr, image, methods, signs, use_pyplot=False)
+    _, axes = viz.visualize_image_attr_multiple(attr, image, methods, signs, use_pyplot=False)
     _, their_axes = captum_viz.visualize_image_attr_multiple(
         attr, image, methods, signs, use_pyplot=False
     )
