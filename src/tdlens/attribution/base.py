@@ -140,10 +140,7 @@ class Attribution:
         """The class name in words (``"KernelShap"`` -> ``"Kernel Shap"``), as captum's
         ``get_name`` gives it; progress bars use it."""
         name = cls.__name__
-        return "".join(
-            " " + c if c.isupper() and i and name[i - 1].islower() else c
-            for i, c in enumerate(name)
-        )
+        return "".join(" " + c if c.isupper() and i else c for i, c in enumerate(name))
 
     def has_convergence_delta(self) -> bool:
         """Whether ``attribute`` can return a convergence delta

@@ -84,6 +84,9 @@ class NoiseTunnel(_NoiseTunnel):
 class DeepLiftShap(_DeepLiftShap):
     """captum's DeepLiftShap: the delta of every (input, baseline) pair, flat ``[B * S]``."""
 
+    def has_convergence_delta(self) -> bool:
+        return True
+
     def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         result = super().attribute(inputs, *args, **kwargs)
         if not _wants_delta(super().attribute, args, kwargs):
@@ -93,6 +96,9 @@ class DeepLiftShap(_DeepLiftShap):
 
 class GradientShap(_GradientShap):
     """captum's GradientShap: the delta of every sample, flat ``[B * n_samples]``."""
+
+    def has_convergence_delta(self) -> bool:
+        return True
 
     def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         if not _wants_delta(super().attribute, args, kwargs):

@@ -76,9 +76,7 @@ def fit_foreign(model: Any, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
 def as_linear_model(model: Any) -> LinearModel | str | None:
     if model is None or isinstance(model, (LinearModel, str)):
         return model
-    if callable(getattr(model, "fit", None)) and (
-        hasattr(model, "representation") or hasattr(model, "coef_") or hasattr(model, "alpha")
-    ):
+    if callable(getattr(model, "fit", None)):
         return ForeignLinearModel(model)
     raise InputTypeError(
         f"interpretable_model must be a tdlens linear model, a captum Model (fit(DataLoader), "
