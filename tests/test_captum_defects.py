@@ -224,6 +224,22 @@ def test_kernel_shap_with_one_feature(mlp64):
     torch.testing.assert_close(result, gap.unsqueeze(1).expand(3, 6))
 
 
+@pytest.mark.parametrize("method", [tdlens.KernelShap, tdlens.Lime, tdlens.ShapleyValueSampling])
+def test_feature_ids_with_gaps_are_the_renumbered_mask(mlp64, method):
+    """Ids 0, 2, 4 are three features, not five: the result equals the renumbered mask's."""
+    x = randn(3, 6)
+    gaps = torch.tensor([[0, 0, 2, 2, 4, 4]])
+    options = dict(target=1, seed=0, n_samples=12)
+    with_gaps = method(mlp64).attribute(x, feature_mask=gaps, **options)
+    renumbered = method(mlp64).attribute(x, feature_mask=gaps // 2, **options)
+    torch.testing.assert_close(with_gaps, renumbered)
+    if method is not tdlens.ShapleyValueSampling:
+        per_id = method(mlp64).attribute(x, feature_mask=gaps, return_input_shape=False, **options)
+        assert per_id.shape == (3, 5)  # columns stay the user's ids; 1 and 3 are empty
+        torch.testing.assert_close(per_id[:, [0, 2, 4]], renumbered[:, ::2])
+        assert not per_id[:, [1, 3]].any()
+
+
 def test_input_dtype_other_than_the_model_names_both(mlp64):
     x32 = randn(2, 6).float()
     for method in (tdlens.Saliency(mlp64), tdlens.FeatureAblation(mlp64)):

@@ -41,6 +41,12 @@ class FeatureLayout:
     @classmethod
     def build(cls, batch: InputBatch, feature_mask: Any) -> FeatureLayout:
         """The layout of ``feature_mask`` (a tensor, tuple or dict like the inputs, or None)."""
+        if all(batch.leaves[k][0].numel() == 0 for k in batch.attributed):
+            shapes = {k: list(batch.leaves[k].shape) for k in batch.attributed}
+            raise InputError(
+                f"the attributed inputs have no positions to perturb (shapes {shapes}, e.g. a "
+                "zero-length sequence): there are no features to attribute. Skip such inputs"
+            )
         if feature_mask is None:
             masks, start = {}, 0
             for key in batch.attributed:
