@@ -230,3 +230,15 @@ def test_layer_perturbation_aliases_refuse(net):
         attr.LayerFeatureAblation(net, net[0])
     with pytest.raises(ValueError, match="not implemented"):
         attr.LayerFeaturePermutation(net, net[0])
+
+
+def test_exact_shapley_values_of_integer_outputs():
+    """The kernel weights are fractions: integer scores must not truncate them to 0."""
+    x = torch.tensor([[2.0, 10.0, 3.0]])
+    weights = torch.tensor([3.0, 1.0, 2.0])
+
+    def model(inp: torch.Tensor) -> torch.Tensor:
+        return (inp * weights).sum(1).long()
+
+    phi = tdlens.ShapleyValues(model).attribute(x, feature_mask=torch.tensor([[0, 0, 1]]))
+    torch.testing.assert_close(phi, torch.tensor([[16.0, 16.0, 6.0]]))

@@ -6,6 +6,7 @@ captum's arguments and lay results out as captum does.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..attribution.base import Attribution
@@ -15,15 +16,14 @@ from ..attribution.deeplift import DeepLiftShap as _DeepLiftShap
 from ..attribution.gradient import InputXGradient, IntegratedGradients, Saliency
 from ..attribution.guided import Deconvolution, GuidedBackprop
 from ..attribution.noise import NoiseTunnel as _NoiseTunnel
-from ..attribution.perturbation import (
-    FeatureAblation,
-    FeaturePermutation,
-    KernelShap,
-    Occlusion,
-    ShapleyValues,
-    ShapleyValueSampling,
-)
+from ..attribution.perturbation import FeatureAblation as _FeatureAblation
+from ..attribution.perturbation import FeaturePermutation as _FeaturePermutation
+from ..attribution.perturbation import KernelShap as _KernelShap
+from ..attribution.perturbation import Occlusion as _Occlusion
+from ..attribution.perturbation import ShapleyValues as _ShapleyValues
+from ..attribution.perturbation import ShapleyValueSampling as _ShapleyValueSampling
 from ..attribution.shap import GradientShap as _GradientShap
+from ._inputs import NO_FUTURE, broadcast_baselines, captum_errors, every_input, no_future
 from .lime import Lime, LimeBase
 
 __all__ = [
@@ -108,13 +108,46 @@ class GradientShap(_GradientShap):
         return _flat_delta(result, kwargs.get("targets") is not None)
 
 
+def _captum_class(name: str, parent: type) -> type:
+    """``parent`` as captum runs it: every input tensor attributed, integer ones too."""
+
+    method = getattr(parent, "attribute")  # noqa: B009
+    signature = inspect.signature(method)
+
+    def attribute(self: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind_partial(self, inputs, *args, **kwargs).arguments
+        if bound.get("baselines") is not None:
+            kwargs = _by_name(method, args, kwargs)
+            args = ()
+            kwargs["baselines"] = broadcast_baselines(inputs, kwargs["baselines"])
+        return method(self, inputs, *args, **every_input(inputs, kwargs))
+
+    attribute.__signature__ = signature  # type: ignore[attr-defined]
+    doc = f"captum's {name}: every input tensor is attributed, integer ones too (tdlens's "
+    doc += "default attributes the floating-point ones); bad arguments raise errors that are "
+    doc += "also AssertionErrors, as captum's asserts are."
+    body: dict[str, Any] = {"attribute": captum_errors(attribute), "__doc__": doc}
+    if name in NO_FUTURE:
+        body["attribute_future"] = no_future
+    body["__module__"] = __name__
+    return type(name, (parent,), body)
+
+
+FeatureAblation = _captum_class("FeatureAblation", _FeatureAblation)
+Occlusion = _captum_class("Occlusion", _Occlusion)
+FeaturePermutation = _captum_class("FeaturePermutation", _FeaturePermutation)
+ShapleyValues = _captum_class("ShapleyValues", _ShapleyValues)
+ShapleyValueSampling = _captum_class("ShapleyValueSampling", _ShapleyValueSampling)
+KernelShap = _captum_class("KernelShap", _KernelShap)
+
+
 def _by_name(method: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     import inspect
 
     names = [
         n
         for n, p in inspect.signature(method).parameters.items()
-        if p.kind is p.POSITIONAL_OR_KEYWORD and n != "inputs"
+        if p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("self", "inputs")
     ]
     return {**dict(zip(names, args)), **kwargs}
 

@@ -35,6 +35,7 @@ from ..core.errors import InputError, InputTypeError
 from ..core.outputs import read_output
 from ..core.structure import InputBatch, Key
 from ..core.targets import select
+from ._inputs import captum_errors, every_input, no_future
 
 
 class ForeignLinearModel(LinearModel):
@@ -127,6 +128,9 @@ class LimeBase(PerturbationAttribution):
         self.from_interp_rep_transform = from_interp_rep_transform
         self.to_interp_rep_transform = to_interp_rep_transform
 
+    attribute_future = no_future
+
+    @captum_errors
     def attribute(  # type: ignore[override]
         self,
         inputs: Any,
@@ -277,6 +281,9 @@ class Lime(_Lime):
         self.captum_similarity = similarity_func
         self.captum_perturb = perturb_func
 
+    attribute_future = no_future
+
+    @captum_errors
     @with_defaults
     def attribute(  # type: ignore[override]
         self,
@@ -296,7 +303,11 @@ class Lime(_Lime):
         args = (inputs, baselines, target, additional_forward_args, feature_mask, n_samples)
         if self.captum_similarity is None and self.captum_perturb is None:
             return super().attribute(
-                *args, perturbations_per_eval, return_input_shape, show_progress, **kwargs
+                *args,
+                perturbations_per_eval,
+                return_input_shape,
+                show_progress,
+                **every_input(inputs, kwargs),
             )
         if kwargs:
             raise InputError(
@@ -320,7 +331,10 @@ class Lime(_Lime):
         from ..attribution.perturbation.features import FeatureLayout
 
         batch = InputBatch.build(
-            inputs, additional_forward_args=additional_forward_args, require_float=False
+            inputs,
+            additional_forward_args=additional_forward_args,
+            require_float=False,
+            keys=every_input(inputs, {}).get("keys"),
         )
         layout = FeatureLayout.build(batch, feature_mask)
         base = self._baselines(batch, baselines)

@@ -176,7 +176,7 @@ class PerturbationRun:
                 "perturbation needs its own forward call: leave perturbations_per_eval=1 and "
                 "internal_batch_size unset"
             )
-        if not perturbations.shared:
+        if not perturbations.shared and b > 1:  # one example: its perturbations are shared
             raise InputError(
                 f"the model returns one value for the whole batch (shape {shapes[0]}), but "
                 f"{self.name} perturbs each example differently here (per-example feature "
