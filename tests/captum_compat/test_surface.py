@@ -242,3 +242,21 @@ def test_exact_shapley_values_of_integer_outputs():
 
     phi = tdlens.ShapleyValues(model).attribute(x, feature_mask=torch.tensor([[0, 0, 1]]))
     torch.testing.assert_close(phi, torch.tensor([[16.0, 16.0, 6.0]]))
+
+
+def test_gradient_shap_baselines_function_of_the_inputs(net, x):
+    """As captum: a baselines function that takes an argument gets the inputs."""
+    seen = []
+
+    def baselines(inputs: torch.Tensor) -> torch.Tensor:
+        seen.append(inputs)
+        return torch.zeros(3, inputs.shape[1], dtype=inputs.dtype)
+
+    got = tdlens.GradientShap(net).attribute(x, baselines, n_samples=3, target=0, seed=0)
+    want = tdlens.GradientShap(net).attribute(
+        x, torch.zeros(3, 4, dtype=torch.float64), n_samples=3, target=0, seed=0
+    )
+    torch.testing.assert_close(got, want)
+    assert seen[0] is x
+    with pytest.raises(AssertionError):  # captum's contract: arrays are refused
+        attr.GradientShap(net).attribute(x, lambda: x.numpy(), target=0)

@@ -15,6 +15,7 @@ example); captum draws an index per input.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -100,7 +101,7 @@ class GradientShap(Attribution):
             )
         b, s = batch.batch_size, n_samples
         x = {k: batch.leaves[k] for k in batch.attributed}
-        distribution = _distribution(batch, baselines)
+        distribution = _distribution(batch, inputs, baselines)
         gen = random_generator(generator, seed)
         size = max(len(d) for d in distribution.values())
         drawn = torch.randint(size, (s, b), generator=gen)
@@ -215,10 +216,12 @@ class _Ends:
         return {p: v[:n] - v[n:] for p, v in layer_values.items()}
 
 
-def _distribution(batch: InputBatch, baselines: Any) -> dict[Key, Tensor]:
-    """The baseline distribution per attributed input, ``[N, *input.shape[1:]]`` each."""
+def _distribution(batch: InputBatch, inputs: Any, baselines: Any) -> dict[Key, Tensor]:
+    """The baseline distribution per attributed input, ``[N, *input.shape[1:]]`` each; a
+    callable is called with the inputs if it takes an argument (as captum calls it)."""
     if callable(baselines) and not isinstance(baselines, Tensor):
-        baselines = baselines()
+        takes_inputs = len(inspect.signature(baselines).parameters) > 0
+        baselines = baselines(inputs) if takes_inputs else baselines()
     result = {}
     for key, base in batch.per_key(baselines, "baselines").items():
         x = batch.leaves[key]

@@ -23,7 +23,13 @@ from ..attribution.perturbation import Occlusion as _Occlusion
 from ..attribution.perturbation import ShapleyValues as _ShapleyValues
 from ..attribution.perturbation import ShapleyValueSampling as _ShapleyValueSampling
 from ..attribution.shap import GradientShap as _GradientShap
-from ._inputs import NO_FUTURE, broadcast_baselines, captum_errors, every_input, no_future
+from ._inputs import (
+    NO_FUTURE,
+    broadcast_baselines,
+    captum_errors,
+    every_input,
+    no_future,
+)
 from .lime import Lime, LimeBase
 
 __all__ = [
@@ -84,9 +90,12 @@ class NoiseTunnel(_NoiseTunnel):
 class DeepLiftShap(_DeepLiftShap):
     """captum's DeepLiftShap: the delta of every (input, baseline) pair, flat ``[B * S]``."""
 
+    compute_convergence_delta = captum_errors(_DeepLiftShap.compute_convergence_delta)
+
     def has_convergence_delta(self) -> bool:
         return True
 
+    @captum_errors
     def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         result = super().attribute(inputs, *args, **kwargs)
         if not _wants_delta(super().attribute, args, kwargs):
@@ -97,13 +106,16 @@ class DeepLiftShap(_DeepLiftShap):
 class GradientShap(_GradientShap):
     """captum's GradientShap: the delta of every sample, flat ``[B * n_samples]``."""
 
+    compute_convergence_delta = captum_errors(_GradientShap.compute_convergence_delta)
+
     def has_convergence_delta(self) -> bool:
         return True
 
+    @captum_errors
     def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _wants_delta(super().attribute, args, kwargs):
-            return super().attribute(inputs, *args, **kwargs)
         kwargs = _by_name(super().attribute, args, kwargs)
+        if not kwargs.get("return_convergence_delta"):
+            return super().attribute(inputs, **kwargs)
         result = super().attribute(inputs, per_sample_delta=True, **kwargs)
         return _flat_delta(result, kwargs.get("targets") is not None)
 

@@ -316,6 +316,11 @@ class Lime(_Lime):
             )
         return self._per_example(*args, perturbations_per_eval, return_input_shape, show_progress)
 
+    def _one_value_per_call(self, batch: InputBatch) -> bool:
+        """Whether the model returns one value for the whole batch (one forward pass)."""
+        with torch.no_grad():
+            return _one_value(batch.call(self.model, batch.leaves))
+
     def _per_example(
         self,
         inputs: Any,
@@ -351,6 +356,23 @@ class Lime(_Lime):
         )
         engine.get_name = self.get_name  # type: ignore[method-assign]
         coefs = []
+        if b > 1 and self._one_value_per_call(batch):
+            # captum's semantics for a model that returns one value for the whole batch: one
+            # surrogate for the batch, every example perturbed alike (one row of results)
+            masks = {k: v[:1] for k, v in layout.masks.items()}
+            coef = engine.attribute(
+                inputs,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                n_samples=n_samples,
+                perturbations_per_eval=perturbations_per_eval,
+                show_progress=show_progress,
+                baselines=_one_example(base, single),
+                feature_mask=_one_example(masks, single),
+                num_interp_features=m,
+            )
+            coefs.append(torch.as_tensor(coef).reshape(1, m))
+            b = 0
         for example in range(b):
             rows = {k: v[example : example + 1] for k, v in batch.leaves.items() if k in base}
             masks = {
@@ -382,6 +404,12 @@ class Lime(_Lime):
             for k, v in spread.items()
         }
         return batch.pack(per_key)
+
+
+def _one_value(out: Any) -> bool:
+    if isinstance(out, (int, float)):
+        return True
+    return isinstance(out, Tensor) and out.numel() == 1
 
 
 def _one_example(leaves: dict[Key, Tensor], single: bool) -> Any:
