@@ -260,3 +260,14 @@ def test_gradient_shap_baselines_function_of_the_inputs(net, x):
     assert seen[0] is x
     with pytest.raises(AssertionError):  # captum's contract: arrays are refused
         attr.GradientShap(net).attribute(x, lambda: x.numpy(), target=0)
+
+
+def test_perturbation_target_none_explains_every_output(net, x):
+    """captum's target=None for perturbation methods on a [B, C] output: one attribution per
+    output entry, [B, C, ...] (tdlens's own target=None is the predicted class)."""
+    got = attr.FeatureAblation(net).attribute(x)
+    assert got.shape == (5, 3, 4)
+    for c in range(3):
+        torch.testing.assert_close(got[:, c], tdlens.FeatureAblation(net).attribute(x, target=c))
+    theirs = captum_attr.FeatureAblation(net).attribute(x)
+    torch.testing.assert_close(got, theirs)

@@ -82,3 +82,33 @@ def no_future(self: Any, *args: Any, **kwargs: Any) -> Any:
         f"attribute_future is not implemented for {type(self).__name__} in captum; "
         f"tdlens.{type(self).__name__} has one"
     )
+
+
+def every_output(model: Any, inputs: Any, additional_forward_args: Any) -> list[Any] | None:
+    """captum's ``target=None`` for perturbation methods whose model returns several values
+    per example (``[B, C, ...]``): every output is explained, and the attributions get the
+    output's dimensions after the batch. The targets for that (``None`` when the output has
+    one value per example, or one for the whole batch), from one forward pass."""
+    from ..core.outputs import read_output
+    from ..core.structure import InputBatch
+
+    batch = InputBatch.build(
+        inputs,
+        additional_forward_args=additional_forward_args,
+        require_float=False,
+        need_attributed=False,
+    )
+    with torch.no_grad():
+        out = batch.call(model, batch.leaves)
+        if isinstance(out, torch.futures.Future):
+            out = out.wait()
+    if isinstance(out, (int, float)):
+        return None
+    values = read_output(out, None, model)
+    if values.dim() < 2 or values.shape[0] != batch.batch_size or values[0].numel() == 1:
+        return None
+    shape = tuple(values.shape[1:])
+    return [
+        tuple(int(i) for i in torch.unravel_index(torch.tensor(k), shape))
+        for k in range(values[0].numel())
+    ]

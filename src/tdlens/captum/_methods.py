@@ -28,6 +28,7 @@ from ._inputs import (
     broadcast_baselines,
     captum_errors,
     every_input,
+    every_output,
     no_future,
 )
 from .lime import Lime, LimeBase
@@ -132,6 +133,18 @@ def _captum_class(name: str, parent: type) -> type:
             kwargs = _by_name(method, args, kwargs)
             args = ()
             kwargs["baselines"] = broadcast_baselines(inputs, kwargs["baselines"])
+        if (
+            name not in ("KernelShap",)
+            and bound.get("target") is None
+            and kwargs.get("targets") is None
+        ):
+            every = every_output(self.model, inputs, bound.get("additional_forward_args"))
+            if every is not None:
+                kwargs = _by_name(method, args, kwargs)
+                args = ()
+                kwargs.pop("target", None)
+                result = method(self, inputs, targets=every, **every_input(inputs, kwargs))
+                return _output_dims(result, every)
         return method(self, inputs, *args, **every_input(inputs, kwargs))
 
     attribute.__signature__ = signature  # type: ignore[attr-defined]
@@ -151,6 +164,14 @@ FeaturePermutation = _captum_class("FeaturePermutation", _FeaturePermutation)
 ShapleyValues = _captum_class("ShapleyValues", _ShapleyValues)
 ShapleyValueSampling = _captum_class("ShapleyValueSampling", _ShapleyValueSampling)
 KernelShap = _captum_class("KernelShap", _KernelShap)
+
+
+def _output_dims(result: Any, targets: list[tuple[int, ...]]) -> Any:
+    """``[B, K, ...]`` with K the flattened output entries as ``[B, *output_shape, ...]``."""
+    shape = tuple(max(t[d] for t in targets) + 1 for d in range(len(targets[0])))
+    if isinstance(result, tuple):
+        return tuple(_output_dims(r, targets) for r in result)
+    return result.reshape(result.shape[0], *shape, *result.shape[2:])
 
 
 def _by_name(method: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
