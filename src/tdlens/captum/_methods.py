@@ -144,7 +144,7 @@ def _captum_class(name: str, parent: type) -> type:
                 args = ()
                 kwargs.pop("target", None)
                 result = method(self, inputs, targets=every, **every_input(inputs, kwargs))
-                return _output_dims(result, every)
+                return _output_dims(result, every, flat=name in _FLAT_OUTPUTS)
         return method(self, inputs, *args, **every_input(inputs, kwargs))
 
     attribute.__signature__ = signature  # type: ignore[attr-defined]
@@ -166,11 +166,19 @@ ShapleyValueSampling = _captum_class("ShapleyValueSampling", _ShapleyValueSampli
 KernelShap = _captum_class("KernelShap", _KernelShap)
 
 
-def _output_dims(result: Any, targets: list[tuple[int, ...]]) -> Any:
-    """``[B, K, ...]`` with K the flattened output entries as ``[B, *output_shape, ...]``."""
+_FLAT_OUTPUTS = ("FeatureAblation", "Occlusion", "FeaturePermutation")
+"""captum lays these out as one row per output entry, ``[B * C, ...]``; the Shapley methods
+as ``[B, C, ...]``."""
+
+
+def _output_dims(result: Any, targets: list[tuple[int, ...]], flat: bool) -> Any:
+    """``[B, K, ...]`` (K: the output entries) as captum lays it out: ``[B, *output_shape,
+    ...]``, or ``[B * K, ...]`` with ``flat``."""
     shape = tuple(max(t[d] for t in targets) + 1 for d in range(len(targets[0])))
     if isinstance(result, tuple):
-        return tuple(_output_dims(r, targets) for r in result)
+        return tuple(_output_dims(r, targets, flat) for r in result)
+    if flat:
+        return result.reshape(-1, *result.shape[2:])
     return result.reshape(result.shape[0], *shape, *result.shape[2:])
 
 
