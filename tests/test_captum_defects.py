@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from captum.attr import LayerFeatureAblation as CaptumLayerAblation
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 
@@ -45,11 +46,52 @@ def test_noise_tunnel_takes_inputs_that_require_grad(mlp64, method):
 
 
 # -- layer= on perturbation methods ---------------------------------------------------------------
-@pytest.mark.parametrize("method", PERTURBATION)
+@pytest.mark.parametrize(
+    "method",
+    [m for m in PERTURBATION if m not in (tdlens.FeatureAblation, tdlens.FeaturePermutation)],
+)
 def test_perturbation_methods_refuse_layer(mlp64, method):
     """layer= was checked, then ignored: input attributions came back under a layer's name."""
     with pytest.raises(InputError, match="takes no layer="):
         method(mlp64, layer="net.0")
+
+
+def test_feature_ablation_of_a_layer_is_captums_layer_feature_ablation():
+    """layer= ablates the layer's activation (captum's LayerFeatureAblation), any chunking."""
+    cnn = seeded(CNN())
+    x = randn(2, 1, 8, 8)
+    before = model_state(cnn)
+    ours = tdlens.FeatureAblation(cnn, layer=cnn.conv2).attribute(
+        x, targets=[0, 2], internal_batch_size=5
+    )
+    theirs = [CaptumLayerAblation(cnn, cnn.conv2).attribute(x, target=t) for t in (0, 2)]
+    torch.testing.assert_close(ours, torch.stack(theirs, dim=1))
+    assert_untouched(cnn, before)
+    mlp = seeded(MLP((6, 8, 4)))
+    mask = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    ours = tdlens.FeatureAblation(mlp, layer="net.0").attribute(
+        randn(3, 6), target=1, feature_mask=mask, baselines=0.5
+    )
+    theirs = CaptumLayerAblation(mlp, mlp.net[0]).attribute(
+        randn(3, 6), target=1, layer_mask=mask, layer_baselines=0.5
+    )
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_feature_permutation_of_a_layer_permutes_the_activation(mlp64):
+    x = randn(3, 6)
+    mask = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    roll = lambda t, m: torch.where(m, t.roll(1, 0), t)  # noqa: E731
+    ours = tdlens.FeaturePermutation(mlp64, perm_func=roll, layer="net.0").attribute(
+        x, target=1, feature_mask=mask
+    )
+    with torch.no_grad():
+        hidden = mlp64.net[0](x)
+        moved = [mlp64.net[1:](torch.where(mask == f, hidden.roll(1, 0), hidden)) for f in range(4)]
+        expected = mlp64(x)[:, 1:2] - torch.stack([m[:, 1] for m in moved], dim=1)
+    torch.testing.assert_close(ours[:, ::2], expected)
+    with pytest.raises(InputError, match="one layer at a time"):
+        tdlens.FeatureAblation(mlp64, layer=["net.0", "net.2"]).attribute(x, target=0)
 
 
 # -- models whose output is aggregated over the batch --------------------------------------------

@@ -75,6 +75,17 @@ def test_layer_alias_matches_captum(net, x, name, init, kwargs, to_input):
     assert ours.has_convergence_delta() == theirs.has_convergence_delta()
 
 
+@pytest.mark.parametrize("to_input", [False, True])
+def test_layer_feature_ablation_matches_captum(net, x, to_input):
+    mask = torch.tensor([[0, 0, 1, 1, 2]]) if not to_input else None
+    kwargs = {"target": 1, "layer_mask": mask, "attribute_to_layer_input": to_input}
+    ours = attr.LayerFeatureAblation(net, net.fc2).attribute(x, **kwargs)
+    theirs = captum_attr.LayerFeatureAblation(net, net.fc2).attribute(x, **kwargs)
+    _close(ours, theirs)
+    permuted = attr.LayerFeaturePermutation(net, net.fc2).attribute(x, target=1)
+    assert permuted.shape == (5, 5)
+
+
 def test_layer_list_gives_list(net, x):
     ours = attr.LayerActivation(net, [net.fc1, net.fc2]).attribute(x)
     theirs = captum_attr.LayerActivation(net, [net.fc1, net.fc2]).attribute(x)

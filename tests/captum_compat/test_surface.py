@@ -225,13 +225,6 @@ def test_lime_base_in_input_space(x):
         attr.LimeBase(linear, SkLearnLinearRegression(), None, perturb, False, None, None)
 
 
-def test_layer_perturbation_aliases_refuse(net):
-    with pytest.raises(ValueError, match="not implemented"):
-        attr.LayerFeatureAblation(net, net[0])
-    with pytest.raises(ValueError, match="not implemented"):
-        attr.LayerFeaturePermutation(net, net[0])
-
-
 def test_exact_shapley_values_of_integer_outputs():
     """The kernel weights are fractions: integer scores must not truncate them to 0."""
     x = torch.tensor([[2.0, 10.0, 3.0]])

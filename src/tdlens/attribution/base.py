@@ -259,11 +259,7 @@ class Attribution:
                     f"a tensor of the input's shape, or one of shape {[1, *x.shape[1:]]} "
                     "(shared by all examples)"
                 )
-            if base.is_floating_point() and not bool(torch.isfinite(base).all()):
-                raise InputError(
-                    f"baselines for input {key!r} contain NaN or inf; attributions from them "
-                    "would be NaN. Give finite baselines"
-                )
+            check_finite_baselines(key, base)
             result[key] = base.to(dtype=x.dtype, device=x.device).expand_as(x)
         return result
 
@@ -310,6 +306,15 @@ class Attribution:
             return self._layout(batch, per_layer, multi, layers, layer_arg)
         delta = sum(sums.values()) - gap.to(next(iter(sums.values())))
         return delta if multi else delta[:, 0]
+
+
+def check_finite_baselines(key: Any, base: Tensor) -> None:
+    """Raise if baselines hold NaN or inf (inputs are checked the same way)."""
+    if base.is_floating_point() and not bool(torch.isfinite(base).all()):
+        raise InputError(
+            f"baselines for input {key!r} contain NaN or inf; attributions from them would be "
+            "NaN. Give finite baselines"
+        )
 
 
 def random_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:

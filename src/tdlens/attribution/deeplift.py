@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..core.errors import InputError, InputTypeError, format_keys
 from ..core.structure import InputBatch
-from .base import Attribution, layer_argument, with_defaults
+from .base import Attribution, check_finite_baselines, layer_argument, with_defaults
 from .engine import GradientEngine, Site
 from .rules import RESCALE, DeepLiftMode
 
@@ -314,6 +314,7 @@ def _distribution(batch: InputBatch, inputs: Any, baselines: Any) -> dict[Any, T
                 f"the input has shape {list(x.shape)}: baselines are S examples shaped like "
                 f"one input, [S, {', '.join(map(str, x.shape[1:]))}]"
             )
+        check_finite_baselines(key, dist)
         result[key] = dist.to(dtype=x.dtype, device=x.device)
     sizes = {key: dist.shape[0] for key, dist in result.items()}
     if len(set(sizes.values())) > 1:

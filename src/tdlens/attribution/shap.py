@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from ..core.errors import InputError, InputTypeError
 from ..core.structure import InputBatch, Key
-from .base import Attribution, layer_argument, random_generator, with_defaults
+from .base import (
+    Attribution,
+    check_finite_baselines,
+    layer_argument,
+    random_generator,
+    with_defaults,
+)
 from .engine import GradientEngine
 from .noise import SampleNoise, check_stdevs
 
@@ -240,6 +246,7 @@ def _distribution(batch: InputBatch, inputs: Any, baselines: Any) -> dict[Key, T
                 f"baselines from a distribution of shape [N, {', '.join(map(str, x.shape[1:]))}] "
                 f"(N samples shaped like one example of the input {list(x.shape)})"
             )
+        check_finite_baselines(key, base)
         result[key] = base.to(dtype=x.dtype, device=x.device)
     sizes = {k: int(v.shape[0]) for k, v in result.items()}
     if len(set(sizes.values()) - {1}) > 1:

@@ -20,6 +20,7 @@ from ..attribution.cam import GradCam
 from ..attribution.conductance import Conductance
 from ..attribution.deeplift import DeepLift
 from ..attribution.gradient import InputXGradient, IntegratedGradients
+from ..attribution.perturbation import FeatureAblation, FeaturePermutation
 from ..core.adapter import ModelAdapter, parse_layers
 from ..core.errors import InputError, InputTypeError
 from ..core.structure import InputBatch
@@ -362,26 +363,54 @@ class LayerGradientShap(_Layer, GradientShap):
         )
 
 
-class _LayerPerturbation:
-    """captum's LayerFeatureAblation / LayerFeaturePermutation: perturbing a layer's activation
-    is not implemented in tdlens; constructing one says so (never input attributions under a
-    layer's name)."""
+class LayerFeatureAblation(FeatureAblation):
+    """captum's LayerFeatureAblation: FeatureAblation of the layer's activation
+    (``layer_mask`` and ``layer_baselines`` refer to it)."""
 
     def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None) -> None:
-        raise InputError(
-            f"{type(self).__name__} (perturbing a layer's activation) is not implemented in "
-            "tdlens: tdlens's perturbation methods perturb the model inputs. Attribute the layer "
-            "with a gradient method (LayerIntegratedGradients, LayerConductance, "
-            "LayerDeepLift), or feed the layer's input to the model as an input"
+        check_captum_only(device_ids)
+        super().__init__(forward_func, layer=module_path(forward_func, layer))
+        self.captum_layer = layer
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Any,
+        layer_baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_mask: Any = None,
+        attribute_to_layer_input: bool = False,
+        perturbations_per_eval: int = 1,
+    ) -> Any:
+        self.layer = module_path(self.model, self.captum_layer, attribute_to_layer_input)
+        return super().attribute(
+            inputs,
+            layer_baselines,
+            target,
+            additional_forward_args,
+            layer_mask,
+            perturbations_per_eval,
         )
 
 
-class LayerFeatureAblation(_LayerPerturbation):
-    """captum's LayerFeatureAblation: not implemented (the constructor raises)."""
+class LayerFeaturePermutation(FeaturePermutation):
+    """captum's LayerFeaturePermutation: FeaturePermutation of the layer's activation."""
 
+    def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None) -> None:
+        check_captum_only(device_ids)
+        super().__init__(forward_func, layer=module_path(forward_func, layer))
 
-class LayerFeaturePermutation(_LayerPerturbation):
-    """captum's LayerFeaturePermutation: not implemented (the constructor raises)."""
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_mask: Any = None,
+        perturbations_per_eval: int = 1,
+    ) -> Any:
+        return super().attribute(
+            inputs, target, additional_forward_args, layer_mask, perturbations_per_eval
+        )
 
 
 class LayerActivation(Attribution):

@@ -252,8 +252,8 @@ def test_library_imports_stay_light() -> None:
 
 def test_default_rows_per_forward_follow_the_cpu_budget() -> None:
     """Without internal_batch_size, a CPU forward pass takes about 2**18 input elements (at
-    least 64 rows and the batch, at most 8192, whole samples of B rows): small enough that
-    activations stay below glibc's mmap threshold."""
+    least the batch, at most 8192, whole samples of B rows): small enough that activations
+    stay below glibc's mmap threshold, also for large inputs (no floor of 64 rows)."""
     from tdlens.attribution.perturbation import base
     from tdlens.core.structure import InputBatch
 
@@ -263,6 +263,8 @@ def test_default_rows_per_forward_follow_the_cpu_budget() -> None:
     assert rows(2, 64) == 2**18 // 64
     assert rows(2, 3, 32, 32) == 84  # 2**18 // 3072 = 85, rounded down to whole samples
     assert rows(8, 3, 32, 32) == 80
-    assert rows(2, 3, 224, 224) == 64
+    assert rows(2, 3, 224, 224) == 2
+    assert rows(8, 1, 112, 112) == 16  # 2**18 // 12544 = 20, rounded down to whole samples
+    assert rows(8, 1, 224, 224) == 8  # the batch
     assert rows(100, 3, 224, 224) == 100
     assert rows(3, 4) == 8190

@@ -26,10 +26,16 @@ class FeatureAblation(PerturbationAttribution):
     """Replace each feature (group of positions) by its baseline; the attribution of every
     position of the feature is ``f(x) - f(x with the feature ablated)``.
 
+    With ``layer=`` (captum's LayerFeatureAblation) the features are positions of the layer's
+    activation: ``feature_mask`` and ``baselines`` (default 0) refer to it, and the result is
+    shaped like it.
+
     Example:
         >>> fa = tdlens.FeatureAblation(model)
         >>> attr = fa.attribute(x, feature_mask=mask, targets=[0, 1, 2])   # [B, 3, *x.shape[1:]]
     """
+
+    perturbs_layers = True
 
     @with_defaults
     def attribute(
@@ -162,7 +168,11 @@ class FeaturePermutation(PerturbationAttribution):
         perm_func: captum's ``perm_func(x [B, ...], feature_mask [1, ...] bool) -> [B, ...]``;
             by default one random permutation of the batch per feature, drawn from
             ``generator=`` / ``seed=`` (the same permutation for every input of a feature).
+        layer: permute positions of this layer's activation instead of the inputs (captum's
+            LayerFeaturePermutation); ``feature_mask`` then refers to the activation.
     """
+
+    perturbs_layers = True
 
     def __init__(
         self,

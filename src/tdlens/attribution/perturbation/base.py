@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ...core.adapter import ModelAdapter
 from ...core.errors import InputError, InputTypeError
+from ...core.paths import ModulePath
 from ...core.structure import InputBatch, Key
 from ...core.targets import Target
 from ..base import Attribution, random_generator
@@ -37,16 +38,28 @@ Build = Callable[[Tensor, Tensor], dict[Key, Tensor]]
 
 ROW_BUDGET_ELEMENTS = {"cpu": 2**18, "other": 2**22}
 """Default budget: rows per forward pass such that the attributed inputs of one chunk hold at
-most this many elements, clamped to [64, 8192] rows (and at least the batch). On CPU 2**18 (1
-MiB of float32): the activations of larger chunks pass glibc's mmap threshold, are handed back
-to the system when freed and fault in again on the next chunk. On the benchmark's Occlusion
-(a CNN on 3x32x32 images, 400 rows) chunks of 80-200 rows ran 1.5-1.8x faster than one chunk
-of 400 rows with two threads, 1.5-1.7x with one (0 page faults against 4,000-29,000 per call).
+most this many elements, at most 8192 rows and at least the batch (one whole sample). On CPU
+2**18 (1 MiB of float32): the activations of larger chunks pass glibc's mmap threshold, are
+handed back to the system when freed and fault in again on the next chunk. On the benchmark's
+Occlusion (a CNN on 3x32x32 images, 400 rows) chunks of 80-200 rows ran 1.5-1.8x faster than
+one chunk of 400 rows with two threads, 1.5-1.7x with one (0 page faults against 4,000-29,000
+per call). A former floor of 64 rows overrode the budget for large inputs: on 8 images of
+1x112x112 (784 windows) its chunks held 51 MB of activations, faulted in 4.9 million pages a
+call and ran at 0.6-0.75x captum (issue 12); the budget alone gives 16 rows there.
 Accelerators prefer large chunks: 2**22 (16 MiB of float32)."""
 
 PROGRESS_MIN_PASSES = 20
 """With ``show_progress=None`` a bar appears only on an interactive terminal for runs of at
 least this many forward passes."""
+
+
+@dataclass
+class LayerSite:
+    """With ``layer=``: the layer's activation is what is perturbed. ``inputs`` are the model
+    inputs (the run's ``batch`` then holds the activation as its one attributed leaf)."""
+
+    path: ModulePath
+    inputs: InputBatch
 
 
 @dataclass
@@ -102,9 +115,11 @@ class PerturbationRun:
         generator: torch.Generator | None,
         show_progress: bool | None,
         name: str,
+        layer: LayerSite | None = None,
     ) -> None:
         self.model = model
         self.batch = batch
+        self.layer = layer
         self.targets = targets
         self.multi = multi
         self.baselines = baselines
@@ -133,13 +148,11 @@ class PerturbationRun:
         chunk = max(1, self.rows_per_forward)
         scores: Tensor | None = None
         starts = range(0, total, chunk)
-        with ModelAdapter(self.model, self.batch, self.targets) as adapter:
+        with self._adapter() as adapter:
             for start in self._progress(starts, len(starts)):
                 rows = torch.arange(start, min(total, start + chunk))
                 examples = rows % b
-                values = self._values(rows, examples, perturbations)
-                explained, _ = adapter.run(values)
-                self.forward_passes += 1
+                explained = self._forward(adapter, rows, examples, perturbations)
                 if any(e.dim() == 0 or e.shape[0] != rows.shape[0] for e in explained):
                     # one value for the whole forward call: score each sample by its own call
                     return self._evaluate_aggregated(adapter, perturbations, explained)
@@ -194,12 +207,28 @@ class PerturbationRun:
         examples = torch.arange(b)
         for sample in range(-1, s_count):
             rows = examples + (sample + 1) * b
-            values = self._values(rows, examples, perturbations)
-            explained, _ = adapter.run(values)
-            self.forward_passes += 1
+            explained = self._forward(adapter, rows, examples, perturbations)
             scores[sample + 1] = torch.stack([e.detach().reshape(()) for e in explained]).cpu()
         full = scores[0].expand(b, -1)
         return full, scores[1:].unsqueeze(0).expand(b, -1, -1)
+
+    def _adapter(self) -> ModelAdapter:
+        if self.layer is None:
+            return ModelAdapter(self.model, self.batch, self.targets)
+        return ModelAdapter(self.model, self.layer.inputs, self.targets, [self.layer.path])
+
+    def _forward(
+        self, adapter: ModelAdapter, rows: Tensor, examples: Tensor, perturbations: Perturbations
+    ) -> list[Tensor]:
+        """One forward pass of ``rows``: perturbed inputs, or with ``layer=`` the model inputs
+        of the examples with the layer's activation replaced by its perturbed rows."""
+        values = self._values(rows, examples, perturbations)
+        self.forward_passes += 1
+        if self.layer is None:
+            return adapter.run(values)[0]
+        inputs = self.layer.inputs.take_rows(examples)
+        replaced = {self.layer.path: values[self.batch.attributed[0]]}
+        return adapter.run(inputs, layer_mode="replace", replacements=replaced)[0]
 
     def _values(self, rows: Tensor, examples: Tensor, perturbations: Perturbations) -> dict:
         """Model inputs of a chunk of rows (increasing): the original examples among them
@@ -288,7 +317,14 @@ class PerturbationAttribution(Attribution):
         future.set_result(resolved.attribute(*args, **kwargs))
         return future
 
+    perturbs_layers = False
+    """Whether ``layer=`` works (captum's LayerFeatureAblation and LayerFeaturePermutation):
+    the layer's activation is perturbed instead of the inputs."""
+
     def __init__(self, model: Any, *, layer: Any = None, output: Any = None, **defaults: Any):
+        if layer is not None and type(self).perturbs_layers:
+            super().__init__(model, layer=layer, output=output, **defaults)
+            return
         if layer is not None:
             # accepted and ignored, it would return input attributions under a layer's name
             raise InputError(
@@ -316,12 +352,12 @@ class PerturbationAttribution(Attribution):
         show_progress: bool | None = None,
     ) -> PerturbationRun:
         """Check the call and set up its run: inputs, targets, baselines, budget, randomness."""
-        batch, target_list, multi, _ = self._prepare(
+        batch, target_list, multi, layers = self._prepare(
             inputs,
             target,
             targets,
             output,
-            None,
+            self.layer,
             keys,
             additional_forward_args,
             require_float=False,
@@ -337,6 +373,10 @@ class PerturbationAttribution(Attribution):
                 f"internal_batch_size must be a positive int (rows per forward pass), got "
                 f"{internal_batch_size!r}"
             )
+        site = None
+        if layers:
+            site = LayerSite(self._layer_path(layers), batch)
+            batch = _activation_batch(self.model, site, target_list)
         rows = internal_batch_size
         if rows is None and perturbations_per_eval > 1:
             rows = perturbations_per_eval * batch.batch_size
@@ -350,7 +390,34 @@ class PerturbationAttribution(Attribution):
             generator=random_generator(generator, seed),
             show_progress=show_progress,
             name=self.get_name(),
+            layer=site,
         )
+
+    def _layer_path(self, layers: list[ModulePath]) -> ModulePath:
+        if len(layers) != 1:
+            raise InputError(
+                f"{type(self).__name__} perturbs one layer at a time; layer= names "
+                f"{len(layers)}: {[str(p) for p in layers]}"
+            )
+        return layers[0]
+
+
+@torch.no_grad()
+def _activation_batch(model: Any, site: LayerSite, targets: list[Target]) -> InputBatch:
+    """The layer's activation on the inputs, ``[B, *shape]``, as a batch whose one attributed
+    leaf it is: feature masks, baselines and results then refer to the activation."""
+    with ModelAdapter(model, site.inputs, targets, [site.path]) as adapter:
+        b = site.inputs.batch_size
+        _, values = adapter.run(site.inputs.take_rows(None, run=(0, b)), layer_mode="observe")
+    activation = values[site.path]
+    if activation.dim() == 0 or activation.shape[0] != b:
+        raise InputError(
+            f"layer {str(site.path)!r} has an activation of shape {list(activation.shape)}, "
+            f"without the batch of {b} examples first; pick a layer whose output is per example"
+        )
+    batch = InputBatch("tensor", {0: activation}, (0,), b)
+    batch._single = True  # type: ignore[attr-defined]  # results come back as one tensor
+    return batch
 
 
 class _WaitFor:
@@ -374,7 +441,7 @@ def _default_rows(batch: InputBatch) -> int:
     device = batch.leaves[batch.attributed[0]].device.type if batch.attributed else "cpu"
     budget = ROW_BUDGET_ELEMENTS["cpu" if device == "cpu" else "other"]
     b = batch.batch_size
-    rows = int(min(8192, max(64, budget // per_row, b)))
+    rows = int(min(8192, max(1, budget // per_row, b)))
     # whole samples per chunk (rows are sample * B + example): samplers build them by
     # broadcasting over the examples instead of gathering rows
     return max(b, rows - rows % b) if b else rows
