@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gradient_family.py
 	$(BIN)/python benchmarks/perturbation.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/explorer.py
 
 clean:
 	rm -rf $(VENV) build dist tdlens-demo

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -47,10 +48,17 @@ _PUBLIC = {
     "KernelShap": "tdlens.attribution.perturbation",
     "Lime": "tdlens.attribution.perturbation",
     "Sobol": "tdlens.attribution.perturbation",
+    # relevance propagation and attention (issue 13)
+    "LRP": "tdlens.attribution.lrp",
+    "AttentionRollout": "tdlens.attribution.attention",
+    "AttentionFlow": "tdlens.attribution.attention",
+    "AttentionXGradient": "tdlens.attribution.attention",
 }
 
 # Subpackages reachable as attributes (``tdlens.metrics.infidelity``), imported on first use.
-_SUBMODULES = ("metrics", "attribution", "core", "viz")
+_SUBMODULES = ("metrics", "attribution", "core", "viz", "latent")
+# Submodules that live deeper, reachable under a short name (``from tdlens import lrp``).
+_ALIASES = {"lrp": "tdlens.attribution.lrp"}
 
 __all__ = sorted(_PUBLIC)
 
@@ -58,6 +66,10 @@ __all__ = sorted(_PUBLIC)
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"tdlens.{name}")
+    if name in _ALIASES:
+        alias = importlib.import_module(_ALIASES[name])
+        sys.modules.setdefault(f"tdlens.{name}", alias)  # ``import tdlens.lrp`` too, after
+        return alias
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'tdlens' has no attribute {name!r}")

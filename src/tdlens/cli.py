@@ -1,7 +1,8 @@
-"""The ``tdlens`` command line: ``tdlens demo`` and ``tdlens --version``.
+"""The ``tdlens`` command line: ``tdlens demo``, ``tdlens explain``, ``tdlens methods``,
+``tdlens explore`` and ``tdlens --version``.
 
-Importing this module is cheap: scikit-learn and matplotlib are imported only when the demo
-runs.
+Importing this module is cheap: scikit-learn, matplotlib and Flask are imported only when a
+command needs them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -86,7 +88,99 @@ def build_parser() -> argparse.ArgumentParser:
         help="always train, and neither read nor write the weights cache",
     )
     demo.set_defaults(handler=_run_demo)
+    _add_tools(commands)
     return parser
+
+
+def _add_tools(commands: Any) -> None:
+    """The ``explain``, ``methods`` and ``explore`` subcommands."""
+    explain = commands.add_parser(
+        "explain",
+        help="attribute a model's outputs for inputs in a file; write the attributions",
+        description=(
+            "Load a model from module:attribute (a function or class is called without "
+            "arguments; the model is put in eval mode), inputs from a .pt tensor file "
+            "(torch.load with weights_only=True) or a .npy array, run an attribution method "
+            "and save the attributions with torch.save."
+        ),
+        epilog="example: tdlens explain my_models:make_model --input x.pt "
+        "--method IntegratedGradients --target 3 --arg n_steps=32 --out attr.pt --png attr.png",
+    )
+    explain.add_argument("model", metavar="MODULE:ATTR", help="the model, e.g. my_models:model")
+    explain.add_argument("--input", required=True, type=Path, metavar="FILE", help=".pt or .npy")
+    explain.add_argument("--method", required=True, metavar="NAME", help="see `tdlens methods`")
+    explain.add_argument(
+        "--target",
+        default=None,
+        metavar="T",
+        help="class index, comma-separated indices (several targets), or 'pred' (default)",
+    )
+    explain.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an attribute() argument as a Python literal, e.g. n_steps=32 (repeatable)",
+    )
+    explain.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .pt")
+    explain.add_argument("--png", type=Path, default=None, metavar="FILE", help="also a figure")
+    explain.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="examples per attribute() call (default: 64); a progress bar shows on a terminal",
+    )
+    explain.add_argument("--seed", type=int, default=None, help="seed for sampling methods")
+    explain.set_defaults(handler=_run_tool)
+
+    methods = commands.add_parser(
+        "methods", help="list the attribution methods and their arguments"
+    )
+    methods.set_defaults(handler=_run_tool)
+
+    explore = commands.add_parser(
+        "explore",
+        help="open the interactive explorer (needs the app extra)",
+        description="Serve the explorer: --demo for the digits CNN, or MODULE:FUNCTION "
+        "returning a tdlens.app.Explorer.",
+    )
+    explore.add_argument("spec", nargs="?", default=None, metavar="MODULE:FUNCTION")
+    explore.add_argument("--demo", action="store_true", help="the demo's digits CNN")
+    explore.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: free)")
+    explore.add_argument(
+        "--host", default="127.0.0.1", help="interface (default 127.0.0.1; others warn)"
+    )
+    explore.add_argument("--cache-dir", type=Path, default=None, metavar="DIR")
+    explore.set_defaults(handler=_run_tool)
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    """Runs ``explain``, ``methods`` or ``explore``; a failure prints one line and exits 1
+    (2 for a usage error)."""
+    from tdlens import cli_explain
+
+    try:
+        if args.command == "methods":
+            return cli_explain.run_methods()
+        if args.command == "explore":
+            return cli_explain.run_explore(
+                args.spec, demo=args.demo, port=args.port, host=args.host, cache_dir=args.cache_dir
+            )
+        return cli_explain.run_explain(
+            args.model,
+            args.input,
+            args.method,
+            target=args.target,
+            args=args.arg,
+            out=args.out,
+            png=args.png,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    except cli_explain.CliError as error:
+        print(f"tdlens {args.command}: {error}", file=sys.stderr)
+        return error.status
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -468,4 +468,5 @@ def run_demo(
     say(f"wrote {len(result.files)} files to {result.out_dir.resolve()}:")
     for path in result.files:
         say(f"  {path}")
+    say("explore the model interactively: tdlens explore --demo  (needs pip install 'tdlens[app]')")
     return result

@@ -13,6 +13,7 @@ exception, so the user's model is never left changed. :class:`Scope` is the user
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,8 +21,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .errors import InputError, InputTypeError
-from .paths import ModulePath, get_in, get_module, resolve_paths, set_in
+from .errors import InputError, InputTypeError, KeyNotFoundError, format_keys
+from .paths import (
+    ModulePath,
+    TensorIndex,
+    get_in,
+    get_module,
+    module_path,
+    parse_path,
+    resolve_paths,
+    set_in,
+)
 
 SiteFn = Callable[[Any], Any]  # value at a site -> replacement, or None to keep it
 
@@ -77,7 +87,7 @@ class HookSet:
 def _input_slot(path: ModulePath, args: tuple, kwargs: dict) -> tuple[int | str, tuple]:
     """Which argument a ``:input`` path reads: ``[i]`` positional, ``[name]`` keyword; default
     the first positional argument, else the first keyword argument."""
-    if path.selector:
+    if path.selector and not isinstance(path.selector[0], TensorIndex):
         head, rest = path.selector[0], path.selector[1:]
         if (isinstance(head, int) and head < len(args)) or (
             isinstance(head, str) and head in kwargs
@@ -88,17 +98,60 @@ def _input_slot(path: ModulePath, args: tuple, kwargs: dict) -> tuple[int | str,
             f"argument(s) {sorted(kwargs)}; there is no input [{head!r}]"
         )
     if args:
-        return 0, ()
+        return 0, path.selector
     if kwargs:
-        return next(iter(kwargs)), ()
+        return next(iter(kwargs)), path.selector
     raise InputError(f"{path}: module {path.module!r} was called without arguments")
 
 
-class Scope:
-    """Read (``get``) and write (``set``) activations of any module path inside a ``with`` block.
+class _Recorder:
+    """What a scope's hooks write to: captured values, and which sites ran in the current run.
 
+    The hooks hold this object, never the :class:`Scope`, so a scope the user drops is
+    garbage-collected (and its hooks removed) even though the model still holds the hooks.
+    """
+
+    def __init__(self, strict: bool) -> None:
+        self.values: dict[str, list[Tensor]] = {}
+        self.accumulate: dict[str, bool] = {}
+        self.runs = 0
+        self.strict = strict
+        self.sites: dict[str, str] = {}  # key -> what the user asked for, for the error
+        self.ran: set[str] = set()
+
+    def start_run(self, *_: Any) -> None:
+        self.runs += 1
+        self.ran = set()
+
+    def end_run(self, *_: Any) -> None:
+        missing = [key for key in self.sites if key not in self.ran]
+        if self.strict and missing:
+            raise InputError(
+                f"Scope: {', '.join(repr(self.sites[k]) for k in missing)} did not run in the "
+                "forward pass (a module the model skips, e.g. a dropout inside fused attention); "
+                "pick a module that runs, or pass Scope(model, strict=False)"
+            )
+
+    def store(self, name: str, value: Any) -> None:
+        if not isinstance(value, Tensor):
+            raise InputTypeError(
+                f"{name!r} holds {type(value).__name__}, not a tensor; select a tensor entry "
+                f"with a selector, e.g. '{name}[0]'"
+            )
+        values = self.values.setdefault(name, [])
+        if not self.accumulate[name]:
+            values.clear()
+        values.append(value.detach())
+
+
+class Scope:
+    """Read (``get``) and write (``set``) activations of any module path.
+
+    Use it as a ``with`` block, or call :meth:`start` and :meth:`close` (notebooks); a scope
+    that is dropped without ``close()`` removes its hooks when it is garbage-collected.
     Captured values are detached; gradients are captured when a backward pass runs through the
-    site. Everything is removed on exit: the model keeps no hook.
+    site. A path that does not run in a forward pass of the model raises when that pass ends
+    (``strict=False`` allows it). Everything is removed on exit: the model keeps no hook.
 
     Example:
         >>> with tdlens.Scope(model) as scope:
@@ -108,42 +161,84 @@ class Scope:
         torch.Size([4, 8])
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, strict: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"Scope needs an nn.Module, got {type(model).__name__}")
         self.model = model
         self._hooks = HookSet()
         self._open = False
-        self._values: dict[str, list[Tensor]] = {}
-        self._accumulate: dict[str, bool] = {}
-        self.runs = 0
+        self._rec = _Recorder(strict)
+        self._names: list[str] | None = None  # the model's module names, listed once
+        # closes the hooks when the scope is collected; holds neither the scope nor the model
+        self._finalizer = weakref.finalize(self, self._hooks.close)
 
-    def __enter__(self) -> Scope:
-        self._open = True
-        self._hooks.add(self.model.register_forward_pre_hook(self._count_run))
+    @property
+    def runs(self) -> int:
+        """Forward passes of the model since the scope opened."""
+        return self._rec.runs
+
+    def start(self) -> Scope:
+        """Open the scope without a ``with`` block; :meth:`close` (or garbage collection)
+        removes every hook."""
+        if not self._open:
+            self._open = True
+            self._hooks.add(self.model.register_forward_pre_hook(self._rec.start_run))
+            self._hooks.add(self.model.register_forward_hook(self._rec.end_run))
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Remove every hook; the cache stays readable."""
         self._open = False
         self._hooks.close()
 
-    def _count_run(self, *_: Any) -> None:
-        self.runs += 1
+    def __enter__(self) -> Scope:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_open(self, what: str) -> None:
         if not self._open:
-            raise InputError(f"Scope.{what} works inside `with tdlens.Scope(model) as scope:`")
-
-    def _store(self, name: str, value: Any) -> None:
-        if not isinstance(value, Tensor):
-            raise InputTypeError(
-                f"{name!r} holds {type(value).__name__}, not a tensor; select a tensor entry "
-                f"with a selector, e.g. '{name}[0]'"
+            raise InputError(
+                f"Scope.{what} works inside `with tdlens.Scope(model) as scope:` or after "
+                "scope.start()"
             )
-        values = self._values.setdefault(name, [])
-        if not self._accumulate[name]:
-            values.clear()
-        values.append(value.detach())
+
+    def _watch(self, path: ModulePath, key: str, label: str) -> None:
+        """Note when ``path``'s module runs, for the check at the end of each run."""
+        if path.module == "":
+            return  # the model itself runs in every run
+        rec = self._rec
+        rec.sites[key] = label
+
+        def ran(*_: Any, key: str = key) -> None:
+            rec.ran.add(key)
+
+        self._hooks.add(get_module(self.model, path).register_forward_pre_hook(ran))
+
+    def _keys(self, paths: str | Iterable[str]) -> list[tuple[ModulePath, str]]:
+        """Resolved paths with their keys as the user wrote them (globs: the module expanded)."""
+        if not isinstance(paths, (str, ModulePath, nn.Module, list, tuple, set, frozenset)):
+            raise InputTypeError(
+                f"a module path is a string such as 'encoder.layer.0' (or a submodule object, "
+                f"or a list of them), got {type(paths).__name__} {paths!r}"
+            )
+        raw = [paths] if isinstance(paths, (str, ModulePath, nn.Module)) else list(paths)
+        pairs = []
+        for text in raw:
+            if isinstance(text, nn.Module):  # a submodule object stands for its path
+                parsed = module_path(self.model, text)
+            else:
+                parsed = parse_path(text)
+            written = str(text).strip() if isinstance(text, str) else str(parsed)
+            if self._names is None:
+                self._names = [name for name, _ in self.model.named_modules()]
+            for path in resolve_paths(self.model, parsed, names=self._names):
+                key = written
+                if parsed.is_glob:
+                    key = path.module + written[len(parsed.module) :]
+                pairs.append((path, key))
+        return pairs
 
     def get(
         self,
@@ -156,40 +251,46 @@ class Scope:
         """Capture the value at each path (globs allowed) on every forward from now on.
 
         Args:
-            paths: module path(s), e.g. ``"layers.*.mlp"`` or ``"head:input"``.
+            paths: module path(s), e.g. ``"layers.*.mlp"``, ``"head:input"`` or
+                ``"layers.0[:, 3]"`` (position 3 only).
             grad: also capture the gradient flowing back to the value, under ``"<key>:grad"``.
-            accumulate: keep every run's value (stacked along a new first dimension) instead of
-                the last one.
-            name: the cache key, for a single path (default: the path).
+            accumulate: keep every run's value instead of the last one: stacked along a new
+                first dimension when the runs agree in shape, else concatenated along the one
+                dimension where they differ (the sequence, over ``generate()``'s steps).
+            name: the cache key, for a single path (default: the path as written).
         """
         self._check_open("get")
-        resolved = resolve_paths(self.model, paths)
-        if name is not None and len(resolved) != 1:
+        pairs = self._keys(paths)
+        if name is not None and len(pairs) != 1:
             raise InputError("name= needs exactly one path")
-        for path in resolved:
-            key = name or str(path)
-            self._accumulate[key] = accumulate
-            self._accumulate[key + ":grad"] = accumulate
+        rec = self._rec
+        for path, written in pairs:
+            key = name or written
+            rec.accumulate[key] = accumulate
+            rec.accumulate[key + ":grad"] = accumulate
 
             def capture(value: Any, key: str = key) -> None:
-                self._store(key, value)
+                rec.store(key, value)
                 if grad and isinstance(value, Tensor) and value.requires_grad:
-                    value.register_hook(lambda g, key=key: self._store(key + ":grad", g))
+                    value.register_hook(lambda g, key=key: rec.store(key + ":grad", g))
 
+            self._watch(path, key, written)
             self._hooks.on_site(self.model, path, capture)
 
-    def set(self, paths: str | Iterable[str], value: Tensor | Callable[[Tensor], Tensor]) -> None:
+    def set(self, paths: str | Iterable[str], value: Tensor | Callable[[Any], Any]) -> None:
         """Replace the value at each path by a tensor, or by ``value(current)``, on every forward.
 
         Hooks run in the order they were added: a ``get`` before a ``set`` on the same path sees
-        the original value, one after it sees the replacement.
+        the original value, one after it sees the replacement. A function that returns
+        ``None`` keeps the value. A tensor index in the path
+        (``"layers.0[:, 3]"``) replaces only that part.
         """
         self._check_open("set")
-        for path in resolve_paths(self.model, paths):
+        for path, written in self._keys(paths):
 
             def replace(current: Any, path: ModulePath = path) -> Any:
                 new = value(current) if callable(value) else value
-                if isinstance(current, Tensor) and not isinstance(new, Tensor):
+                if isinstance(current, Tensor) and new is not None and not isinstance(new, Tensor):
                     new = _as_tensor(new, current, path)
                 if isinstance(current, Tensor) and isinstance(new, Tensor):
                     try:
@@ -202,6 +303,7 @@ class Scope:
                     new = new.to(dtype=current.dtype, device=current.device).expand_as(current)
                 return new
 
+            self._watch(path, "set " + written, written)
             self._hooks.on_site(self.model, path, replace)
 
     def run(self, inputs: Any, **kwargs: Any) -> Any:
@@ -211,32 +313,51 @@ class Scope:
             return self.model(inputs, **kwargs)
         return _call(self.model, inputs)
 
+    def values(self, key: str) -> list[Tensor]:
+        """Every captured value of ``key`` (one per run with ``accumulate=True``), as a list."""
+        if key not in self._rec.values:
+            raise KeyNotFoundError(
+                f"nothing captured under {key!r}; captured keys: {format_keys(self._rec.values)}"
+            )
+        return list(self._rec.values[key])
+
     @property
     def cache(self) -> Any:
-        """A TensorDict of everything captured, keyed by path (``[R, ...]`` when accumulated)."""
+        """A TensorDict of everything captured, keyed by path as written (``[R, ...]`` when
+        accumulated over R runs of one shape)."""
         from tensordict import TensorDict
 
-        td = TensorDict({}, batch_size=[])
-        for key, values in self._values.items():
-            if not values:
-                continue
-            if self._accumulate.get(key):
-                shapes = {tuple(v.shape) for v in values}
-                if len(shapes) > 1:
-                    raise InputError(
-                        f"get({key!r}, accumulate=True) stacks the runs along a new first "
-                        f"dimension, but they have different shapes {sorted(map(list, shapes))} "
-                        "(different batch sizes?); run batches of one size, or call "
-                        "scope.clear() between batches and read scope.cache after each"
-                    )
-                td.set(key, torch.stack(values))
-            else:
-                td.set(key, values[-1])
-        return td
+        return TensorDict(self.captured(), batch_size=[])
+
+    def captured(self) -> dict[str, Tensor]:
+        """What :attr:`cache` holds, as a plain dict (no TensorDict is built)."""
+        return {
+            key: _joined(key, values) if self._rec.accumulate.get(key) else values[-1]
+            for key, values in self._rec.values.items()
+            if values
+        }
 
     def clear(self) -> None:
         """Forget what was captured so far."""
-        self._values.clear()
+        self._rec.values.clear()
+
+
+def _joined(key: str, values: list[Tensor]) -> Tensor:
+    """Stack runs of one shape; concatenate runs that differ along one dimension (the steps of
+    ``generate()`` with a KV cache: the prompt, then one position per step)."""
+    shapes = {tuple(v.shape) for v in values}
+    if len(shapes) == 1:
+        return torch.stack(values)
+    ranks = {len(s) for s in shapes}
+    if len(ranks) == 1:
+        first = values[0].shape
+        differ = {d for v in values for d in range(len(first)) if v.shape[d] != first[d]}
+        if len(differ) == 1:
+            return torch.cat(values, dim=differ.pop())
+    raise InputError(
+        f"the runs captured under {key!r} have shapes {sorted(shapes)[:4]} that neither stack nor "
+        f"join along one dimension; read them one by one with scope.values({key!r})"
+    )
 
 
 def _as_tensor(new: Any, current: Tensor, path: ModulePath) -> Tensor:

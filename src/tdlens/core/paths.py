@@ -7,8 +7,12 @@ site and selectors::
     "encoder.layer.3.attention:input"      # its first positional input
     "encoder.layer.3:output[0]"            # element 0 of a tuple output
     "encoder:output[last_hidden_state]"    # a key of a dict or ModelOutput output
+    "transformer.h.0[:, 3]"                # position 3 of a [B, T, D] output (a tensor index)
     "blocks.*.mlp"                         # glob: ``*`` is one name component, ``**`` any
     ""                                     # the model itself
+
+A selector holding ``:``, ``,`` or ``...`` indexes a tensor the way Python does (``[:, 3]``,
+``[..., 0:8]``); reading it gives that part, writing it replaces only that part.
 """
 
 from __future__ import annotations
@@ -22,8 +26,30 @@ from torch import nn
 
 from .errors import InputError, InputTypeError, KeyNotFoundError, closest, format_keys
 
-Selector = tuple[int | str, ...]
 _SELECTOR = re.compile(r"\[([^\[\]]+)\]")
+
+
+@dataclass(frozen=True)
+class TensorIndex:
+    """A tensor index written in a path, ``[:, 3]`` or ``[..., 0:8]`` (hashable, unlike slices).
+
+    ``parts`` holds ints, ``None`` for ``...`` and ``(start, stop, step)`` triples for slices.
+    """
+
+    parts: tuple[int | tuple[int | None, int | None, int | None] | None, ...]
+    text: str
+
+    @property
+    def index(self) -> tuple[Any, ...]:
+        return tuple(
+            Ellipsis if p is None else slice(*p) if isinstance(p, tuple) else p for p in self.parts
+        )
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Selector = tuple[int | str | TensorIndex, ...]
 
 
 @dataclass(frozen=True)
@@ -40,7 +66,9 @@ class ModulePath:
             if self.site == "output" and not self.selector
             else (f"{self.module}:{self.site}")
         )
-        return text + "".join(f"[{s}]" for s in self.selector)
+        return text + "".join(
+            str(s) if isinstance(s, TensorIndex) else f"[{s}]" for s in self.selector
+        )
 
     @property
     def is_glob(self) -> bool:
@@ -70,8 +98,43 @@ def parse_path(text: str | ModulePath) -> ModulePath:
             f"module path {text!r}: selectors are written [0] or [key] after the path, "
             "e.g. 'layer:output[0]'"
         )
-    selector = tuple(int(p) if re.fullmatch(r"-?\d+", p) else p.strip("'\"") for p in parts)
+    selector = tuple(_selector_part(p, text) for p in parts)
     return ModulePath(module, site, selector)
+
+
+def _selector_part(part: str, text: str) -> int | str | TensorIndex:
+    if re.fullmatch(r"\s*-?\d+\s*", part):
+        return int(part)
+    if not any(c in part for c in ":,") and "..." not in part:
+        return part.strip().strip("'\"")
+    items: list[int | tuple[int | None, int | None, int | None] | None] = []
+    for item in part.split(","):
+        item = item.strip()
+        try:
+            if item == "...":
+                items.append(None)
+            elif ":" in item:
+                bounds = [int(b) if b.strip() else None for b in item.split(":")]
+                if len(bounds) > 3:
+                    raise ValueError
+                items.append(tuple(bounds + [None] * (3 - len(bounds))))  # type: ignore[arg-type]
+            else:
+                items.append(int(item))
+        except ValueError:
+            raise InputError(
+                f"module path {text!r}: the tensor index [{part}] may hold ints, slices such as "
+                "'1:4' and '...', separated by commas, e.g. 'layer[:, 3]'"
+            ) from None
+    return TensorIndex(tuple(items), "[" + ", ".join(_index_text(i) for i in items) + "]")
+
+
+def _index_text(item: int | tuple[int | None, int | None, int | None] | None) -> str:
+    if item is None:
+        return "..."
+    if isinstance(item, int):
+        return str(item)
+    start, stop, step = ("" if b is None else str(b) for b in item)
+    return f"{start}:{stop}" + (f":{step}" if step else "")
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -82,9 +145,12 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 def resolve_paths(
     model: nn.Module,
     paths: str | ModulePath | nn.Module | Iterable[str | ModulePath | nn.Module],
+    *,
+    names: list[str] | None = None,
 ) -> list[ModulePath]:
-    """Parse paths and expand globs against ``model.named_modules()``, in module order.
-    A submodule object (``model.conv2``, as captum users write ``layer=``) stands for its path.
+    """Parse paths and expand globs against ``model.named_modules()``, in module order
+    (``names``: those names, when the caller already listed them). A submodule object
+    (``model.conv2``, as captum users write ``layer=``) stands for its path.
 
     Raises:
         KeyNotFoundError: a path or pattern matches no module; the message lists the closest.
@@ -96,7 +162,8 @@ def resolve_paths(
             f"a module path is a string such as 'encoder.layer.0' (or a submodule object, or a "
             f"list of them), got {type(paths).__name__} {paths!r}"
         )
-    names = [name for name, _ in model.named_modules()]
+    if names is None:
+        names = [name for name, _ in model.named_modules()]
     known = set(names)
     resolved: list[ModulePath] = []
     for raw in paths:
@@ -150,6 +217,9 @@ def get_module(model: nn.Module, path: ModulePath) -> nn.Module:
 def get_in(value: Any, selector: Selector, where: str = "value") -> Any:
     """``value[s0][s1]...``, with an error that lists what exists."""
     for key in selector:
+        if isinstance(key, TensorIndex):
+            value = _tensor_part(value, key, where)
+            continue
         try:
             if (
                 isinstance(key, int)
@@ -171,6 +241,13 @@ def set_in(value: Any, selector: Selector, new: Any) -> Any:
     if not selector:
         return new
     key, rest = selector[0], selector[1:]
+    if hasattr(value, "shape") and hasattr(value, "clone") and not hasattr(value, "keys"):
+        index = key.index if isinstance(key, TensorIndex) else key
+        part = set_in(_tensor_part(value, key, "the value"), rest, new)
+        # out of place, so autograd and the module's own tensor are left as they were
+        copy = value.clone()
+        copy[index] = part
+        return copy
     if isinstance(value, (tuple, list)):
         items = list(value)
         items[key] = set_in(items[key], rest, new)  # type: ignore[index]
@@ -182,6 +259,21 @@ def set_in(value: Any, selector: Selector, new: Any) -> Any:
         copy[key] = set_in(value[key], rest, new)
         return copy
     raise InputError(f"cannot select [{key!r}] in {describe(value)}")
+
+
+def _tensor_part(value: Any, key: int | str | TensorIndex, where: str) -> Any:
+    index = key.index if isinstance(key, TensorIndex) else key
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise KeyNotFoundError(
+            f"{where}: the tensor index {key} needs a tensor; it is {describe(value)}"
+        )
+    try:
+        return value[index]
+    except (IndexError, TypeError):
+        raise KeyNotFoundError(
+            f"{where} has no entry {key if isinstance(key, TensorIndex) else [key]}: it is "
+            f"{describe(value)}"
+        ) from None
 
 
 def describe(value: Any) -> str:

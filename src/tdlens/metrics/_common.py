@@ -42,6 +42,12 @@ class CurveResult:
     curve: Tensor
     score: Tensor
 
+    def _repr_png_(self) -> bytes:
+        """A notebook shows the curve (mean over the batch) with its area; needs matplotlib."""
+        from ..viz.curves import curve_plot
+
+        return curve_plot(self, kind=None).png()
+
 
 class MetricCall:
     """One metric call's inputs, targets and attributions, and the model scoring rows.

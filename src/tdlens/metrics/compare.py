@@ -98,6 +98,30 @@ class Comparison:
 
     __repr__ = __str__
 
+    def _repr_html_(self) -> str:
+        """The table as HTML for notebooks (method names escaped)."""
+        import html
+
+        arrows = {True: "&uarr;", False: "&darr;"}
+        head = [
+            "method",
+            "attribute s",
+            *(f"{html.escape(m)} {arrows[METRICS[m]]}" for m in self.metrics),
+        ]
+        head.append("metrics s")
+        rows = [
+            [
+                html.escape(str(row["method"])),
+                f"{row['attribute_s']:.3f}",
+                *(f"{row[m]:.4g}" for m in self.metrics),
+                f"{row['metrics_s']:.3f}",
+            ]
+            for row in self.rows
+        ]
+        cells = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+        header = "".join(f"<th>{h}</th>" for h in head)
+        return f"<table><thead><tr>{header}</tr></thead><tbody>{cells}</tbody></table>"
+
 
 def compare(
     model: Callable[..., Any],
