@@ -241,50 +241,35 @@ class NeuronGradientShap(_Neuron, GradientShap):
         )
 
 
-class NeuronGuidedBackprop(_Neuron, GuidedBackprop):
+class _NeuronModifiedRelu(_Neuron):
+    """NeuronGuidedBackprop and NeuronDeconvolution: the modified backward from one neuron."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, device_ids: Any = None) -> None:
+        check_captum_only(device_ids)
+        super().__init__(model)  # type: ignore[call-arg]
+        self.captum_layer = layer
+
+    def attribute(
+        self,
+        inputs: Any,
+        neuron_selector: Any,
+        additional_forward_args: Any = None,
+        attribute_to_neuron_input: bool = False,
+    ) -> Any:
+        return super().attribute(  # type: ignore[misc]
+            inputs,
+            neuron_target(neuron_selector),
+            additional_forward_args,
+            output=self._output(attribute_to_neuron_input),
+        )
+
+
+class NeuronGuidedBackprop(_NeuronModifiedRelu, GuidedBackprop):  # type: ignore[misc]
     """captum's NeuronGuidedBackprop: guided backpropagation from one neuron."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, device_ids: Any = None) -> None:
-        check_captum_only(device_ids)
-        super().__init__(model)
-        self.captum_layer = layer
 
-    def attribute(  # type: ignore[override]
-        self,
-        inputs: Any,
-        neuron_selector: Any,
-        additional_forward_args: Any = None,
-        attribute_to_neuron_input: bool = False,
-    ) -> Any:
-        return super().attribute(
-            inputs,
-            neuron_target(neuron_selector),
-            additional_forward_args,
-            output=self._output(attribute_to_neuron_input),
-        )
-
-
-class NeuronDeconvolution(_Neuron, Deconvolution):
+class NeuronDeconvolution(_NeuronModifiedRelu, Deconvolution):  # type: ignore[misc]
     """captum's NeuronDeconvolution: deconvolution from one neuron."""
-
-    def __init__(self, model: nn.Module, layer: nn.Module, device_ids: Any = None) -> None:
-        check_captum_only(device_ids)
-        super().__init__(model)
-        self.captum_layer = layer
-
-    def attribute(  # type: ignore[override]
-        self,
-        inputs: Any,
-        neuron_selector: Any,
-        additional_forward_args: Any = None,
-        attribute_to_neuron_input: bool = False,
-    ) -> Any:
-        return super().attribute(
-            inputs,
-            neuron_target(neuron_selector),
-            additional_forward_args,
-            output=self._output(attribute_to_neuron_input),
-        )
 
 
 class NeuronFeatureAblation(_Neuron, FeatureAblation):
