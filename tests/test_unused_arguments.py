@@ -42,6 +42,7 @@ CONTROLS: dict[str, tuple[Callable[[], nn.Module], dict, Any, dict]] = {
     "IntegratedGradients": (_mlp, {}, X, {"target": 1, "n_steps": 4}),
     "GradientShap": (_mlp, {}, X, {"target": 1, "baselines": randn(4, 6), "seed": 0}),
     "DeepLift": (_mlp, {}, X, {"target": 1}),
+    "LRP": (_mlp, {}, X, {"target": 1}),
     "DeepLiftShap": (_mlp, {}, X, {"target": 1, "baselines": randn(4, 6)}),
     "GuidedBackprop": (_mlp, {}, X, {"target": 1}),
     "Deconvolution": (_mlp, {}, X, {"target": 1}),
