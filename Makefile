@@ -22,8 +22,8 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# No test is marked slow yet (the whole suite runs in well under two minutes); pytest's
-# exit code 5 (nothing collected) is not a failure here.
+# The tests marked slow (real MiniLM weights, torchrun with two processes); CI runs them after
+# `make test`. pytest's exit code 5 (nothing collected) is not a failure here.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow || test $$? -eq 5
 
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/perturbation.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/explorer.py
+	$(BIN)/python benchmarks/text.py
+	$(BIN)/python benchmarks/latent.py
+	$(BIN)/python benchmarks/lrp.py
+	$(BIN)/python benchmarks/dataset.py
 
 clean:
 	rm -rf $(VENV) build dist tdlens-demo

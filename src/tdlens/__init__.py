@@ -48,6 +48,8 @@ _PUBLIC = {
     "KernelShap": "tdlens.attribution.perturbation",
     "Lime": "tdlens.attribution.perturbation",
     "Sobol": "tdlens.attribution.perturbation",
+    # dataset-scale attribution (issue 17)
+    "attribute_dataset": "tdlens.dataset.run",
     # relevance propagation and attention (issue 13)
     "LRP": "tdlens.attribution.lrp",
     "AttentionRollout": "tdlens.attribution.attention",
@@ -56,7 +58,7 @@ _PUBLIC = {
 }
 
 # Subpackages reachable as attributes (``tdlens.metrics.infidelity``), imported on first use.
-_SUBMODULES = ("metrics", "attribution", "core", "viz", "latent")
+_SUBMODULES = ("metrics", "attribution", "core", "viz", "latent", "text")
 # Submodules that live deeper, reachable under a short name (``from tdlens import lrp``).
 _ALIASES = {"lrp": "tdlens.attribution.lrp"}
 

@@ -59,6 +59,15 @@ def test_efficiency(name, mlp, x) -> None:
     torch.testing.assert_close(attr.sum(-1), gap, atol=1e-10, rtol=0)
 
 
+def test_kernel_shap_with_one_feature_gives_the_whole_gap(mlp, x) -> None:
+    """One feature (a one-word text): its value is f(x) - f(baseline), no coalition drawn."""
+    mask = torch.zeros(1, 12, dtype=torch.long)
+    attr = tdlens.KernelShap(mlp).attribute(x, target=1, feature_mask=mask, n_samples=5, seed=0)
+    with torch.no_grad():
+        gap = mlp(x)[:, 1] - mlp(torch.zeros_like(x))[:, 1]
+    torch.testing.assert_close(attr, gap.unsqueeze(1).expand(-1, 12), atol=1e-12, rtol=0)
+
+
 def test_lime_recovers_linear_coefficients() -> None:
     """On a linear model Lime's least-squares surrogate is the model itself (exactly, for any
     number of samples); with the default Lasso(alpha=0.01) the error is the shrinkage only."""

@@ -174,8 +174,8 @@ class KernelShap(_Surrogate):
                 * (m - size)
             )
             drawn = proper.unsqueeze(0).expand(b, -1, -1)
-        elif m == 1:  # one feature takes all of f(x) - f(baseline): nothing to sample
-            drawn = torch.zeros(b, 0, 1, dtype=torch.bool, device=run.device)
+        elif m == 1:  # one feature: its value is the whole gap, no coalition to draw
+            drawn = empty[:, :0]
             sample_weight = torch.ones(0, dtype=torch.float64)
         else:
             drawn = shapley_kernel_coalitions(run, n_samples - 1, m).to(run.device)
