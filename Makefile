@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/latent.py
 	$(BIN)/python benchmarks/lrp.py
 	$(BIN)/python benchmarks/dataset.py
+	$(BIN)/python benchmarks/composed.py
+	$(BIN)/python benchmarks/probing.py
 
 clean:
 	rm -rf $(VENV) build dist tdlens-demo

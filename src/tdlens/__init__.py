@@ -58,7 +58,7 @@ _PUBLIC = {
 }
 
 # Subpackages reachable as attributes (``tdlens.metrics.infidelity``), imported on first use.
-_SUBMODULES = ("metrics", "attribution", "core", "viz", "latent", "text")
+_SUBMODULES = ("metrics", "attribution", "core", "viz", "latent", "text", "weights")
 # Submodules that live deeper, reachable under a short name (``from tdlens import lrp``).
 _ALIASES = {"lrp": "tdlens.attribution.lrp"}
 

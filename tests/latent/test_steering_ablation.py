@@ -225,3 +225,18 @@ def test_attribution_methods_see_the_intervened_model(method):
         scope.set("net.0", lambda h: h + vec)
         in_scope = make(mlp).attribute(x, target=1)
     torch.testing.assert_close(in_scope, steered)
+
+
+def test_steering_vector_reads_activations_without_positions_whole():
+    """An MLP's hidden layer ``[B, D]`` has no position to pick: the vector is the plain mean
+    difference, whatever ``position`` says."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    positive, negative = torch.randn(6, 4), torch.randn(5, 4)
+    before = model_state(model)
+    with torch.no_grad():
+        expected = model[:2](positive).mean(0) - model[:2](negative).mean(0)
+    for position in (-1, None, 3):
+        vec = latent.steering_vector(model, positive, negative, path="1", position=position)
+        torch.testing.assert_close(vec, expected)
+    assert_untouched(model, before)

@@ -127,6 +127,59 @@ class Attribution:
 
     attribute: Callable[..., Any]
 
+    # -- captum's surface ----------------------------------------------------------------------
+    _MULTIPLIES_BY_INPUTS = False  # what captum's class reports when it has no option
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """Whether the attributions are multiplied by the inputs (or ``inputs - baselines``):
+        global attributions, captum's read-only property of the same name."""
+        return bool(getattr(self, "multiply_by_inputs", self._MULTIPLIES_BY_INPUTS))
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The class name in words (``"KernelShap"`` -> ``"Kernel Shap"``), as captum's
+        ``get_name`` gives it; progress bars use it."""
+        name = cls.__name__
+        return "".join(" " + c if c.isupper() and i else c for i, c in enumerate(name))
+
+    def has_convergence_delta(self) -> bool:
+        """Whether ``attribute`` can return a convergence delta
+        (``return_convergence_delta=True``)."""
+        return "return_convergence_delta" in _options(type(self))
+
+    def compute_convergence_delta(
+        self,
+        attributions: Any,
+        start_point: Any,
+        end_point: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """``sum(attributions) - (f(end_point) - f(start_point))`` per example, ``[B]``: how far
+        the attributions are from completeness (captum's method of the same name).
+
+        ``start_point`` is usually the baselines (a number, or tensors shaped like the inputs
+        or ``[1, ...]``), ``end_point`` the inputs; ``attributions`` are laid out like the
+        inputs. Only for methods with a convergence delta.
+
+        Example:
+            >>> attr = ig.attribute(x, target=0)
+            >>> ig.compute_convergence_delta(attr, 0.0, x, target=0)    # [B]
+        """
+        from .delta import convergence_delta
+
+        if not self.has_convergence_delta():
+            raise InputError(f"{type(self).__name__} has no convergence delta")
+        return convergence_delta(
+            self, attributions, start_point, end_point, target, additional_forward_args
+        )
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
+        """captum's ``attribute_future``: gradients cannot flow through a
+        ``torch.futures.Future``, so only perturbation methods implement it."""
+        raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Constructors check their bool flags (``multiply_by_inputs``...) like calls do."""
         super().__init_subclass__(**kwargs)

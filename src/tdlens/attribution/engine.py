@@ -128,6 +128,7 @@ class GradientEngine:
         forward_scope: ScopeFn | None = None,
         through: ThroughFn | None = None,
         k_dim: bool = True,
+        row_sums: Tensor | None = None,
     ) -> dict[Site, Tensor]:
         """``sum_s weights[s] * transform(grad at point (s, b)) * factors(s, b)`` per site, as
         ``[B, K, ...]`` (``[B, ...]`` for one target with ``k_dim=False``).
@@ -146,6 +147,9 @@ class GradientEngine:
                 ``input - baseline``); called once per chunk, after ``points``.
             forward_scope: see :meth:`gradients`.
             through: see :meth:`gradients` (the sites are then the input keys).
+            row_sums: ``[S * B, K]``; if given, each row's contribution summed over its
+                entries and the sites (unweighted) is added to it: the per-sample totals that
+                a per-sample convergence delta needs.
         """
         b = self.batch.batch_size
         k = len(self.targets)
@@ -172,6 +176,9 @@ class GradientEngine:
                 part = transform(site, grad, at[site]) if transform else grad
                 if factors is not None:
                     part = part * chunk_factors[site]
+                if row_sums is not None:
+                    totals = part.reshape(part.shape[0], -1).sum(1).to(row_sums)
+                    row_sums[:, t].index_add_(0, chunk.rows.to(row_sums.device), totals)
                 slots = sums.setdefault(site, [None] * k)
                 previous = slots[t]
                 if span is not None:  # some examples of one sample: add into their rows

@@ -54,7 +54,7 @@ class InputXGradient(Attribution):
     """The input times the gradient of the target; with ``layer=``, activation times gradient
     (captum's LayerGradientXActivation; ``multiply_by_inputs=False`` gives the gradient)."""
 
-    def __init__(self, model: nn.Module, *, multiply_by_inputs: bool = True, **options: Any):
+    def __init__(self, model: nn.Module, multiply_by_inputs: bool = True, **options: Any):
         super().__init__(model, **options)
         self.multiply_by_inputs = multiply_by_inputs
 
@@ -101,7 +101,7 @@ class IntegratedGradients(Attribution):
         >>> attr.shape, delta.shape      # ([B, 2, *x.shape[1:]], [B, 2])
     """
 
-    def __init__(self, model: nn.Module, *, multiply_by_inputs: bool = True, **options: Any):
+    def __init__(self, model: nn.Module, multiply_by_inputs: bool = True, **options: Any):
         super().__init__(model, **options)
         self.multiply_by_inputs = multiply_by_inputs
 

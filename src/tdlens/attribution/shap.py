@@ -15,6 +15,7 @@ example); captum draws an index per input.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -51,7 +52,7 @@ class GradientShap(Attribution):
         ...                      n_samples=50, seed=0)                   # [B, 2, *x.shape[1:]]
     """
 
-    def __init__(self, model: nn.Module, *, multiply_by_inputs: bool = True, **options: Any):
+    def __init__(self, model: nn.Module, multiply_by_inputs: bool = True, **options: Any):
         super().__init__(model, **options)
         self.multiply_by_inputs = multiply_by_inputs
 
@@ -73,6 +74,7 @@ class GradientShap(Attribution):
         internal_batch_size: int | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        per_sample_delta: bool = False,
     ) -> Any:
         """Attributions shaped like the inputs (``[B, K, ...]`` with ``targets``).
 
@@ -88,7 +90,10 @@ class GradientShap(Attribution):
             The attributions, and with ``return_convergence_delta`` the gap
             ``sum(attr) - mean over samples of (f(x~) - f(b))``, ``[B]`` (``[B, K]``; one per
             layer with several layers): captum returns the ``n_samples * B`` per-sample gaps,
-            whose mean over samples this is.
+            whose mean over samples this is. With ``per_sample_delta=True`` the delta is that
+            of every sample, ``sum(attr of the sample) - (f(x~) - f(b))``, ``[B, n_samples]``
+            (``[B, K, n_samples]``; one layer only), as ``tdlens.captum.GradientShap`` lays
+            it out flat.
         """
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
             raise InputError(f"n_samples must be a positive int, got {n_samples!r}")
@@ -102,7 +107,7 @@ class GradientShap(Attribution):
             )
         b, s = batch.batch_size, n_samples
         x = {k: batch.leaves[k] for k in batch.attributed}
-        distribution = _distribution(batch, baselines)
+        distribution = _distribution(batch, inputs, baselines)
         gen = random_generator(generator, seed)
         size = max(len(d) for d in distribution.values())
         drawn = torch.randint(size, (s, b), generator=gen)
@@ -111,7 +116,11 @@ class GradientShap(Attribution):
         with GradientEngine(self.model, batch, target_list, layers, internal_batch_size) as eng:
             if eng.needs_predictions():
                 eng.resolve_predictions(eng.evaluate(torch.arange(b))[0])
-            ends = _Ends(eng, x, distribution, drawn, noise, need_gap=return_convergence_delta)
+            need_gap = return_convergence_delta
+            ends = _Ends(eng, x, distribution, drawn, noise, need_gap, per_sample_delta)
+            rows = None
+            if return_convergence_delta and per_sample_delta:
+                rows = torch.zeros(s * b, len(target_list), dtype=torch.float64)
             need_layer_ends = bool(layers) and self.multiply_by_inputs
 
             def points(samples: Tensor, examples: Tensor) -> dict[Key, Tensor]:
@@ -131,12 +140,19 @@ class GradientShap(Attribution):
                 points=points,
                 weights=torch.full((s,), 1.0 / s, dtype=torch.float64),
                 factors=factors if self.multiply_by_inputs else None,
+                row_sums=rows,
             )
         layer_arg = layer_argument(self, layer)
         result = self._layout(batch, total, multi, layers, layer_arg)
         if not return_convergence_delta:
             return result
-        return result, self._delta(batch, total, ends.gap / s, multi, layers, layer_arg)
+        if rows is None:
+            return result, self._delta(batch, total, ends.gap / s, multi, layers, layer_arg)
+        if len(layers) > 1:
+            raise InputError("per_sample_delta=True takes one layer")
+        dtype = next(iter(total.values())).dtype
+        delta = (rows - ends.sample_gaps).reshape(s, b, -1).permute(1, 2, 0).to(dtype)
+        return result, delta if multi else delta[:, 0]
 
 
 class _Ends:
@@ -153,6 +169,7 @@ class _Ends:
         drawn: Tensor,
         noise: SampleNoise,
         need_gap: bool,
+        per_sample: bool = False,
     ) -> None:
         self.eng, self.x, self.distribution, self.drawn, self.noise = (
             eng,
@@ -162,7 +179,10 @@ class _Ends:
             noise,
         )
         self.need_gap = need_gap
-        self.gap = torch.zeros(eng.batch.batch_size, len(eng.targets), dtype=torch.float64)
+        b, k = eng.batch.batch_size, len(eng.targets)
+        self.gap = torch.zeros(b, k, dtype=torch.float64)
+        # per row (sample * B + example) with per_sample: the gap of each sample's path
+        self.sample_gaps = torch.zeros(drawn.numel() if per_sample else 0, k, dtype=torch.float64)
         self._key: tuple[int, int] | None = None
         self._rows: tuple[Any, Any, Any] = ({}, {}, {})
 
@@ -181,13 +201,13 @@ class _Ends:
         base = {k: d[picked.to(d.device) % len(d)] for k, d in self.distribution.items()}
         layer_diff: dict[Any, Tensor] = {}
         if need_layers or self.need_gap:
-            layer_diff = self._evaluate(examples, noisy, base)
+            layer_diff = self._evaluate(samples * b + examples, examples, noisy, base)
         diff = {k: noisy[k] - base[k] for k in self.x}
         self._key, self._rows = key, (base, diff, layer_diff)
         return self._rows
 
     def _evaluate(
-        self, examples: Tensor, noisy: dict[Key, Tensor], base: dict[Key, Tensor]
+        self, rows: Tensor, examples: Tensor, noisy: dict[Key, Tensor], base: dict[Key, Tensor]
     ) -> dict[Any, Tensor]:
         n = len(examples)
         both = torch.cat([examples, examples])
@@ -197,13 +217,17 @@ class _Ends:
         if self.need_gap:
             ends = torch.stack(self.eng.scalars(explained, both), dim=1).to(self.gap)
             self.gap.index_add_(0, examples.to(self.gap.device), ends[:n] - ends[n:])
+            if self.sample_gaps.numel():
+                self.sample_gaps.index_add_(0, rows, ends[:n] - ends[n:])
         return {p: v[:n] - v[n:] for p, v in layer_values.items()}
 
 
-def _distribution(batch: InputBatch, baselines: Any) -> dict[Key, Tensor]:
-    """The baseline distribution per attributed input, ``[N, *input.shape[1:]]`` each."""
+def _distribution(batch: InputBatch, inputs: Any, baselines: Any) -> dict[Key, Tensor]:
+    """The baseline distribution per attributed input, ``[N, *input.shape[1:]]`` each; a
+    callable is called with the inputs if it takes an argument (as captum calls it)."""
     if callable(baselines) and not isinstance(baselines, Tensor):
-        baselines = baselines()
+        takes_inputs = len(inspect.signature(baselines).parameters) > 0
+        baselines = baselines(inputs) if takes_inputs else baselines()
     result = {}
     for key, base in batch.per_key(baselines, "baselines").items():
         x = batch.leaves[key]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .errors import InputError, InputTypeError, KeyNotFoundError, format_keys
@@ -24,6 +25,15 @@ def read_output(output: Any, key: Any, model: Any = None) -> Tensor:
         value = _default_entry(output, model)
     else:
         value = _entry(output, key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # a model that returns a Python number (``net(x).sum().item()``): one value for the
+        # whole forward call, as captum accepts for perturbation methods
+        return torch.tensor(value, dtype=torch.float64 if isinstance(value, float) else None)
+    if isinstance(value, torch.futures.Future):
+        raise InputTypeError(
+            "the model returned a torch.futures.Future: call attribute_future() (perturbation "
+            "methods), or make the model return its tensor"
+        )
     if not isinstance(value, Tensor):
         where = "the model's output" if key is None else f"output {key!r}"
         raise InputTypeError(

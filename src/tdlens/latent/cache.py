@@ -22,7 +22,16 @@ from ..core.lazy import is_tensordict
 from ..core.structure import InputBatch
 from ..core.targets import normalize_targets
 
-Reduce = str | Callable[[Tensor], Tensor] | None
+
+class MaskedReduce:
+    """A reducer that also receives each batch's attention mask (``None`` without one):
+    ``fn(value, mask) -> Tensor``. The built-in ``"last"`` and ``"mean"`` are such reducers."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor | None], Tensor]) -> None:
+        self.fn = fn
+
+
+Reduce = str | Callable[[Tensor], Tensor] | MaskedReduce | None
 
 
 def cache(
@@ -213,6 +222,8 @@ def _mask(batch: InputBatch) -> Tensor | None:
 def _reducer(reduce: Reduce) -> Callable[[Tensor, Tensor | None], Tensor] | None:
     if reduce is None:
         return None
+    if isinstance(reduce, MaskedReduce):
+        return reduce.fn
     if callable(reduce):
         return lambda value, _mask: reduce(value)
     if reduce == "last":

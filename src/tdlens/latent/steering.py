@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..core.errors import InputError, InputTypeError
 from ..core.hooks import Scope
-from .cache import cache
+from .cache import MaskedReduce, cache, last_position, mean_over_positions
 
 
 def steering_vector(
@@ -55,28 +55,28 @@ def steering_vector(
     return means[0] - means[1]
 
 
-def _reader(position: int | None) -> Any:
-    if position is None:
-        return "mean"
-    if position == -1:
-        return "last"
-    if not isinstance(position, int):
+def _reader(position: int | None) -> MaskedReduce:
+    """The reducer for ``position``; an activation without positions (``[B, D]``, e.g. an
+    MLP's hidden layer) is read whole, since there is no position to pick."""
+    if position is not None and not isinstance(position, int):
         raise InputError(f"position= takes an int or None, got {position!r}")
 
-    def at(value: Tensor) -> Tensor:
-        if value.dim() < 3:
+    def at(value: Tensor, mask: Tensor | None) -> Tensor:
+        if value.dim() == 2:
+            return value
+        if position is None:
+            return mean_over_positions(value, mask)
+        if position == -1:
+            return last_position(value, mask)
+        if value.dim() < 3 or not -value.shape[1] <= position < value.shape[1]:
             raise InputError(
-                f"position={position} reads sequence activations [B, T, D]; this one has shape "
-                f"{list(value.shape)}: pass position=None"
-            )
-        if not -value.shape[1] <= position < value.shape[1]:
-            raise InputError(
-                f"position={position} does not exist: the activation has {value.shape[1]} "
-                f"positions (valid 0..{value.shape[1] - 1})"
+                f"position={position} does not exist: the activation has shape "
+                f"{list(value.shape)} ({value.shape[1]} positions, valid "
+                f"0..{value.shape[1] - 1})"
             )
         return value[:, position]
 
-    return at
+    return MaskedReduce(at)
 
 
 @contextmanager

@@ -219,7 +219,7 @@ def test_progress_bar_is_optional(model, x, capsys) -> None:
     tdlens.FeatureAblation(model).attribute(x, target=0, internal_batch_size=3)
     assert capsys.readouterr().err == ""
     tdlens.FeatureAblation(model).attribute(x, 0, show_progress=True, internal_batch_size=3)
-    assert "FeatureAblation" in capsys.readouterr().err
+    assert "Feature Ablation attribution" in capsys.readouterr().err  # captum's text
 
 
 def test_docs_worked_example_runs() -> None:

@@ -16,6 +16,7 @@ The model is only called; no hook, no flag, no parameter is touched (``torch.no_
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ...core.adapter import ModelAdapter
-from ...core.errors import InputError
+from ...core.errors import InputError, InputTypeError
 from ...core.paths import ModulePath
 from ...core.structure import InputBatch, Key
 from ...core.targets import Target
@@ -188,7 +189,7 @@ class PerturbationRun:
                 "perturbation needs its own forward call: leave perturbations_per_eval=1 and "
                 "internal_batch_size unset"
             )
-        if not perturbations.shared:
+        if not perturbations.shared and b > 1:  # one example: its perturbations are shared
             raise InputError(
                 f"the model returns one value for the whole batch (shape {shapes[0]}), but "
                 f"{self.name} perturbs each example differently here (per-example feature "
@@ -259,11 +260,13 @@ class PerturbationRun:
         except ImportError:
             tqdm = None
         if tqdm is not None:
-            yield from tqdm(items, total=count, desc=f"{self.name} forward passes")
+            yield from tqdm(items, total=count, desc=f"{self.name} attribution")
             return
         for done, item in enumerate(items, 1):  # a plain counter when tqdm is not installed
             yield item
-            print(f"\r{self.name}: {done}/{count} forward passes", end="", file=sys.stderr)
+            print(
+                f"\r{self.name} attribution: {done}/{count} forward passes", end="", file=sys.stderr
+            )
         print(file=sys.stderr)
 
     # -- helpers for samplers ------------------------------------------------------------------
@@ -296,6 +299,23 @@ class PerturbationRun:
 
 class PerturbationAttribution(Attribution):
     """Base of the perturbation methods: forward passes only, so any callable model works."""
+
+    _MULTIPLIES_BY_INPUTS = True  # as captum reports: an ablation's drop is a global effect
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> torch.futures.Future:
+        """``attribute`` for a model that returns ``torch.futures.Future``: each forward
+        pass's future is waited for, and the attributions come back as a completed future
+        (captum's ``attribute_future``; same arguments as ``attribute``).
+
+        Example:
+            >>> future = tdlens.FeatureAblation(async_model).attribute_future(x, target=0)
+            >>> attr = future.wait()
+        """
+        resolved = copy.copy(self)
+        resolved.model = _WaitFor(self.model)
+        future: torch.futures.Future = torch.futures.Future()
+        future.set_result(resolved.attribute(*args, **kwargs))
+        return future
 
     perturbs_layers = False
     """Whether ``layer=`` works (captum's LayerFeatureAblation and LayerFeaturePermutation):
@@ -369,7 +389,7 @@ class PerturbationAttribution(Attribution):
             rows_per_forward=rows,
             generator=random_generator(generator, seed),
             show_progress=show_progress,
-            name=type(self).__name__,
+            name=self.get_name(),
             layer=site,
         )
 
@@ -398,6 +418,22 @@ def _activation_batch(model: Any, site: LayerSite, targets: list[Target]) -> Inp
     batch = InputBatch("tensor", {0: activation}, (0,), b)
     batch._single = True  # type: ignore[attr-defined]  # results come back as one tensor
     return batch
+
+
+class _WaitFor:
+    """A model returning futures, called as one returning their values."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.model(*args, **kwargs)
+        if not isinstance(out, torch.futures.Future):
+            raise InputTypeError(
+                f"attribute_future needs a model that returns a torch.futures.Future; this one "
+                f"returned {type(out).__name__}: call attribute() instead"
+            )
+        return out.wait()
 
 
 def _default_rows(batch: InputBatch) -> int:

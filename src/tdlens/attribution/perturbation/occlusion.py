@@ -108,8 +108,13 @@ def _per_key(batch: InputBatch, value: Any, name: str, allow_none: bool) -> dict
             raise InputError(f"{name} is required")
         return dict.fromkeys(batch.attributed)
     n = len(batch.attributed)
-    if isinstance(value, (tuple, list)) and n > 1 and len(value) == n:
-        # captum's form for a tuple of inputs: one entry (an int or a tuple) per input
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == n
+        and (n > 1 or isinstance(value[0], (tuple, list)))
+    ):
+        # captum's form for a tuple of inputs: one entry (an int or a tuple) per input; one
+        # input may take it too (``((3, 3),)``)
         return dict(zip(batch.attributed, value))
     if isinstance(value, int) or (
         isinstance(value, tuple) and all(isinstance(v, int) for v in value)

@@ -100,6 +100,8 @@ class ShapleyValues(PerturbationAttribution):
         coalitions = all_coalitions(m, run.device)
         full, scores = run.evaluate(masked(layout, coalitions[:-1], run))
         values = torch.cat([scores, full.unsqueeze(1)], dim=1)  # [B, 2**M, K]
+        if not values.is_floating_point():  # integer outputs: the weights are fractions
+            values = values.to(torch.get_default_dtype())
         weights = shapley_weights(coalitions).to(values.dtype)
         phi = torch.einsum("bck,cm->bkm", values, weights)
         return run.finish(layout.spread(phi))

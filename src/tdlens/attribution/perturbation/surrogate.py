@@ -92,6 +92,8 @@ def _coalition_perturbations(
 
 
 class _Surrogate(PerturbationAttribution):
+    _MULTIPLIES_BY_INPUTS = False  # a surrogate's coefficients are local (captum: False)
+
     def _result(
         self, run: PerturbationRun, layout: FeatureLayout, phi: Tensor, return_input_shape: bool
     ) -> Any:
