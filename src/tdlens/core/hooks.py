@@ -22,7 +22,16 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .errors import InputError, InputTypeError, KeyNotFoundError, format_keys
-from .paths import ModulePath, TensorIndex, get_in, get_module, parse_path, resolve_paths, set_in
+from .paths import (
+    ModulePath,
+    TensorIndex,
+    get_in,
+    get_module,
+    module_path,
+    parse_path,
+    resolve_paths,
+    set_in,
+)
 
 SiteFn = Callable[[Any], Any]  # value at a site -> replacement, or None to keep it
 
@@ -209,10 +218,21 @@ class Scope:
 
     def _keys(self, paths: str | Iterable[str]) -> list[tuple[ModulePath, str]]:
         """Resolved paths with their keys as the user wrote them (globs: the module expanded)."""
-        raw = [paths] if isinstance(paths, (str, ModulePath)) else list(paths)
+        if isinstance(paths, (str, ModulePath, nn.Module)):
+            raw: list[Any] = [paths]
+        elif isinstance(paths, (list, tuple, set, frozenset)):
+            raw = list(paths)
+        else:
+            raise InputTypeError(
+                f"a module path is a string such as 'encoder.layer.0' (or a submodule object, "
+                f"or a list of them), got {type(paths).__name__} {paths!r}"
+            )
         pairs = []
         for text in raw:
-            parsed = parse_path(text)
+            # a submodule object (scope.get(model.conv2)) stands for its path
+            parsed = (
+                module_path(self.model, text) if isinstance(text, nn.Module) else parse_path(text)
+            )
             written = str(text).strip() if isinstance(text, str) else str(parsed)
             if self._names is None:
                 self._names = [name for name, _ in self.model.named_modules()]
