@@ -63,6 +63,7 @@ CONTROLS: dict[str, tuple[Callable[[], nn.Module], dict, Any, dict]] = {
     "KernelShap": (_mlp, {}, X, {"target": 1, "n_samples": 10, "seed": 0}),
     "Lime": (_mlp, {}, X, {"target": 1, "n_samples": 10, "seed": 0}),
     "Sobol": (_mlp, {}, X, {"target": 1, "n_samples": 4, "seed": 0}),
+    "LRP": (_mlp, {}, X, {"target": 1}),
     "NoiseTunnel": (_mlp, {}, X, {"target": 1, "nt_samples": 2, "seed": 0}),
     "SmoothGrad": (_mlp, {}, X, {"target": 1, "nt_samples": 2, "seed": 0}),
 }
