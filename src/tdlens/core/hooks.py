@@ -293,8 +293,8 @@ class Scope:
 
             def replace(current: Any, path: ModulePath = path) -> Any:
                 new = value(current) if callable(value) else value
-                if isinstance(current, Tensor) and not isinstance(new, Tensor):
-                    new = _as_tensor(new, current, path)
+                if isinstance(current, Tensor) and not isinstance(new, (Tensor, type(None))):
+                    new = _as_tensor(new, current, path)  # None keeps the value
                 if isinstance(current, Tensor) and isinstance(new, Tensor):
                     try:
                         torch.broadcast_shapes(new.shape, current.shape)
