@@ -100,6 +100,7 @@ METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
         lambda m, **o: tdlens.DeepLiftShap(m).attribute(**o),
         {"baselines": randn(4, 6)},
     ),
+    "LRP": (lambda m, **o: tdlens.LRP(m).attribute(**o), {}),
     "GuidedBackprop": (lambda m, **o: tdlens.GuidedBackprop(m).attribute(**o), {}),
     "Deconvolution": (lambda m, **o: tdlens.Deconvolution(m).attribute(**o), {}),
     "Conductance": (

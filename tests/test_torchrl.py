@@ -6,6 +6,7 @@ torchrl==0.14.1`` it runs on the project's tensordict 0.15.3 (docs/rl.md).
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
 
 import pytest
@@ -17,9 +18,15 @@ from torch.distributions import Categorical
 
 import tdlens
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    torchrl_modules = pytest.importorskip("torchrl.modules")
+# Importing torchrl switches multiprocessing's start method to 'spawn' for the whole process;
+# put the previous one back so later tests (data loader workers) run as they would without it.
+_start_method = multiprocessing.get_start_method(allow_none=True)
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torchrl_modules = pytest.importorskip("torchrl.modules")
+finally:
+    multiprocessing.set_start_method(_start_method, force=True)
 
 
 def test_probabilistic_actor_and_value_operator() -> None:

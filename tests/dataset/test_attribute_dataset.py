@@ -295,16 +295,18 @@ def test_k_targets_for_every_example_and_an_inputs_selector(tmp_path, mlp, xy):
     assert torch.equal(result["target"], torch.tensor([[0, 2]]).expand(N, 2))
 
 
+def _doubling(items):
+    """A collate_fn that doubles the inputs (the result shows it was used); defined at module
+    level so that workers started with 'spawn' can unpickle it."""
+    inputs, labels = torch.utils.data.default_collate(items)
+    return inputs * 2, labels
+
+
 def test_a_shuffling_dataloader_with_workers_gives_rows_by_dataset_position(tmp_path, mlp, xy):
     """The loader's workers and collate_fn are used; its shuffling does not move rows."""
     x, y = xy
-
-    def collate(items):  # doubles the inputs: the result shows it was used
-        inputs, labels = torch.utils.data.default_collate(items)
-        return inputs * 2, labels
-
     loader = DataLoader(
-        TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=2, collate_fn=collate
+        TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=2, collate_fn=_doubling
     )
     method = tdlens.Saliency(mlp)
     result = tdlens.attribute_dataset(method, loader, out=tmp_path, targets=1)
