@@ -95,9 +95,13 @@ def small_run(args: argparse.Namespace) -> None:
             args.sleep,
             args.internal_batch_size,
         )
-    finally:
+    except BaseException:
         if args.distributed:
             dist.destroy_process_group()
+        raise
+    if args.distributed:
+        dist.barrier()  # leave together: no rank tears gloo down while the other still reads
+        dist.destroy_process_group()
 
 
 def _status_mb(field: str) -> float:

@@ -4,6 +4,7 @@ ranks that see different datasets fail together with a clear error."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 RUNNER = Path(__file__).with_name("runner.py")
 N, BATCH = 21, 4  # 6 batches, the last of one example: 3 for each rank, unequal in examples
+TEARDOWN_ABORT = "terminate called without an active exception"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TDLENS_NO_PROGRESS": "1"}  # as torchrun sets
 
 
@@ -32,7 +34,15 @@ def launch(out: Path, *extra: str, processes: int = 2) -> subprocess.CompletedPr
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command += [f"--nproc_per_node={processes}", *script, "--distributed"]
-    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    if done.returncode and TEARDOWN_ABORT in done.stderr:
+        # One launch in about 26 on this machine had a rank abort in gloo's C++ teardown after
+        # its work (std::terminate: a thread still joinable), not reproduced in 18 launches
+        # alone, loaded or not. Launch once more into a fresh directory: the assertions below
+        # still check the result.
+        shutil.rmtree(out, ignore_errors=True)
+        done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    return done
 
 
 @pytest.mark.slow
