@@ -23,12 +23,6 @@ def is_tensordict_module(model: Any) -> bool:
     return module is not None and isinstance(model, module.TensorDictModuleBase)
 
 
-def is_model_output(value: Any) -> bool:
-    """Whether ``value`` is a Hugging Face ``ModelOutput``, without importing transformers."""
-    module = sys.modules.get("transformers.utils.generic") or sys.modules.get("transformers.utils")
-    return module is not None and isinstance(value, getattr(module, "ModelOutput", ()))
-
-
 def require(name: str, extra: str) -> Any:
     """Import an optional package, or say which extra installs it."""
     try:

@@ -114,11 +114,6 @@ def takes_context(index: Any) -> bool:
     )
 
 
-def needs_prediction(index: Any) -> bool:
-    """Whether the target is ``None`` (which may mean the predicted class)."""
-    return index is None
-
-
 def predicted(values: Tensor) -> Tensor | None:
     """The predicted class per row of a ``[N, C]`` output, ``None`` if one value per row."""
     per_row = values[0].numel() if values.shape[0] else 1

@@ -44,11 +44,6 @@ def _is_container(module: nn.Module) -> bool:
     return any(is_tensordict_module(m) for m in module.modules() if m is not module)
 
 
-def produced_keys(model: nn.Module) -> list[Any]:
-    """Every key a network inside ``model`` writes, in module order."""
-    return [key for _, _, keys in _writers(model) for key in keys]
-
-
 def key_layer(model: nn.Module, key: Any) -> ModulePath | None:
     """The module path of the value ``key`` holds inside a ``tensordict.nn`` pipeline, or
     ``None`` when no network of ``model`` writes ``key``.

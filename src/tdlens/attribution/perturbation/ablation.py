@@ -150,15 +150,6 @@ class Occlusion(PerturbationAttribution):
         return run.finish(per_key)
 
 
-def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
-    """captum's default ``perm_func``: one random permutation of the batch for the feature."""
-    n = x.shape[0]
-    perm = torch.randperm(n, device=x.device)
-    while n > 1 and bool((perm == torch.arange(n, device=x.device)).all()):
-        perm = torch.randperm(n, device=x.device)
-    return torch.where(feature_mask.bool(), x[perm], x)
-
-
 class FeaturePermutation(PerturbationAttribution):
     """Permutation feature importance: shuffle one feature across the batch; the attribution
     is ``f(x) - f(x with the feature shuffled)`` per example.
